@@ -1,0 +1,1 @@
+"""Detector geometry in pyFAI conventions (PONI), shared by detectors and workers."""
