@@ -1,1 +1,9 @@
-"""Detector geometry in pyFAI conventions (PONI), shared by detectors and workers."""
+"""Detector geometry in pyFAI conventions (PONI), shared by detectors and workers.
+
+A leaf package: numpy only, never imports the integration engines.
+"""
+
+from asapo_hpc.geometry.detector import PixelDetector
+from asapo_hpc.geometry.poni import RADIAL_UNITS, PoniGeometry, check_unit
+
+__all__ = ["PixelDetector", "PoniGeometry", "RADIAL_UNITS", "check_unit"]

@@ -1,0 +1,132 @@
+"""Messages handed to consumers: zero-copy numpy views with lazily decoded metadata."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from asapo_hpc.client.consumer import Consumer
+
+# Field order of struct ahr_msg (csrc/include/asapo_hpc/ring.h): 6 x u64, 8 x u32.
+MSG_FIELDS = struct.Struct("<6Q8I")
+MSG_SIZE = MSG_FIELDS.size
+
+FINISH_NAME = "asapo_finish_stream"
+NO_NEXT_STREAM = "asapo_no_next"
+
+
+class Message:
+    """One delivered message.
+
+    ``data`` is a numpy uint8 view straight into the shared segment: no copy was made.
+    It stays valid until the message is acknowledged (or negatively acknowledged); call
+    ``copy()`` to keep the bytes longer. ``meta`` is decoded from JSON on first use.
+    Unpacks like ASAPO's ``(data, meta)`` pair: ``data, meta = consumer.get_next(...)``.
+    """
+
+    __slots__ = ("_fields", "_consumer", "_group", "_meta", "_data", "_tail")
+
+    def __init__(self, fields: tuple, consumer: Consumer | None, group: int,
+                 data: np.ndarray | None = None, tail: bytes | None = None):
+        self._fields = fields
+        self._consumer = consumer
+        self._group = group
+        self._data = data
+        self._meta = None
+        self._tail = tail
+
+    # struct ahr_msg: seq, id, data_offset, data_len, name_offset, timestamp_ns,
+    #                 name_len, meta_len, stream, flags, ds_substream, ds_size, attempts, span
+    @property
+    def seq(self) -> int:
+        """Position in the ring (unique within the segment)."""
+        return self._fields[0]
+
+    @property
+    def id(self) -> int:
+        """Message id within its stream (1..N)."""
+        return self._fields[1]
+
+    @property
+    def timestamp(self) -> int:
+        """Publication time, ns since the epoch."""
+        return self._fields[5]
+
+    @property
+    def attempts(self) -> int:
+        """1 on first delivery, more when redelivered."""
+        return self._fields[12]
+
+    @property
+    def size(self) -> int:
+        return self._fields[3]
+
+    @property
+    def dataset(self) -> tuple[int, int] | None:
+        """(substream, size) for a part of a dataset, else None."""
+        return (self._fields[10], self._fields[11]) if self._fields[11] else None
+
+    @property
+    def is_finish_marker(self) -> bool:
+        return bool(self._fields[9] & 1)
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            view = self._consumer._segment.view
+            off = self._fields[2]
+            self._data = view[off:off + self._fields[3]]
+        return self._data
+
+    def _tail_bytes(self) -> bytes:
+        if self._tail is None:
+            view = self._consumer._segment.view
+            off = self._fields[4]
+            self._tail = view[off:off + self._fields[6] + self._fields[7]].tobytes()
+        return self._tail
+
+    @property
+    def name(self) -> str:
+        """The exposed file name (ASAPO's ``name``)."""
+        return self._tail_bytes()[:self._fields[6]].decode()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        if self._meta is None:
+            raw = self._tail_bytes()[self._fields[6]:]
+            self._meta = json.loads(raw) if raw else {}
+        return self._meta
+
+    @property
+    def stream(self) -> str:
+        return self._consumer._stream_name(self._fields[8])
+
+    def array(self, dtype: Any, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """The data as an array of `dtype` (and `shape`), still without a copy."""
+        arr = self.data.view(dtype)
+        return arr.reshape(shape) if shape is not None else arr
+
+    def copy(self) -> Message:
+        """A detached message owning a copy of data and metadata."""
+        return Message(self._fields, self._consumer, self._group, self.data.copy(),
+                       self._tail_bytes())
+
+    def record(self) -> dict[str, Any]:
+        """ASAPO's message record fields for this message."""
+        record = {"_id": self.id, "size": self.size, "name": self.name,
+                  "timestamp": self.timestamp, "stream": self.stream, "meta": self.meta}
+        if self.dataset:
+            record["dataset_substream"], record["dataset_size"] = self.dataset
+        return record
+
+    def __iter__(self):
+        yield self.data
+        yield self.record()
+
+    def __repr__(self) -> str:
+        return (f"Message(id={self.id}, seq={self.seq}, size={self.size}, "
+                f"attempts={self.attempts})")

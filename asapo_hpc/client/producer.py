@@ -1,0 +1,222 @@
+"""The producer: publishes messages into the node's ring, with one copy (send) or none
+(reserve, fill, commit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from asapo_hpc._core import Segment, check, ffi, lib
+from asapo_hpc.client._common import (
+    DEFAULT_STREAM,
+    StreamTable,
+    encode_meta,
+    open_segment,
+)
+from asapo_hpc.client.message import FINISH_NAME, NO_NEXT_STREAM
+from asapo_hpc.config import RingConfig
+from asapo_hpc.errors import AsapoRingFullError, AsapoWrongInputError
+
+DEFAULT_META_CAPACITY = 4096
+
+
+def _check_id(id: int) -> int:
+    if not isinstance(id, (int, np.integer)) or isinstance(id, bool) or id <= 0:
+        raise AsapoWrongInputError(f"message id must be an integer >= 1, got {id!r}")
+    return int(id)
+
+
+def _check_dataset(dataset: tuple[int, int] | None) -> tuple[int, int]:
+    if dataset is None:
+        return 0, 0
+    try:
+        substream, size = (int(v) for v in dataset)
+    except (TypeError, ValueError):
+        raise AsapoWrongInputError(f"dataset must be (substream, size), got {dataset!r}") from None
+    if not 1 <= substream <= size:
+        raise AsapoWrongInputError(
+            f"dataset=({substream}, {size}): substream counts from 1 up to size")
+    return substream, size
+
+
+def _readable_buffer(data: Any):
+    """A cffi view of `data`'s bytes without copying; contiguous buffers only."""
+    if isinstance(data, np.ndarray) and not data.flags.c_contiguous:
+        raise AsapoWrongInputError(
+            "data is not C-contiguous: pass np.ascontiguousarray(data) (that copies), or "
+            "write into a reservation (Producer.reserve) instead")
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise AsapoWrongInputError(
+            f"data of type {type(data).__name__} does not expose a contiguous buffer; pass "
+            "bytes, bytearray, memoryview or a numpy array") from None
+
+
+class Reservation:
+    """Space reserved in the ring: fill ``data`` (a writable numpy view), then ``commit``.
+
+    Nothing is copied: the bytes you write land in shared memory where consumers read them.
+    Leaving a ``with`` block without committing gives the space back (``abort``).
+    """
+
+    __slots__ = ("_producer", "_res", "data", "_open")
+
+    def __init__(self, producer: Producer, res, data: np.ndarray):
+        self._producer = producer
+        self._res = res
+        self.data = data
+        self._open = True
+
+    @property
+    def capacity(self) -> int:
+        return len(self.data)
+
+    def array(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable view of the reserved bytes as an array of `dtype` and `shape`."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if nbytes > len(self.data):
+            raise AsapoWrongInputError(
+                f"array of {nbytes} bytes does not fit the {len(self.data)} reserved")
+        return self.data[:nbytes].view(dtype).reshape(shape)
+
+    def commit(self, id: int, meta: Any = None, *, nbytes: int | None = None,
+               stream: str = DEFAULT_STREAM, dataset: tuple[int, int] | None = None,
+               name: str = "") -> int:
+        """Publish the first `nbytes` (default: all reserved) as message `id`."""
+        if not self._open:
+            raise AsapoWrongInputError("reservation already committed or aborted")
+        nbytes = len(self.data) if nbytes is None else int(nbytes)
+        if not 0 <= nbytes <= len(self.data):
+            raise AsapoWrongInputError(f"nbytes={nbytes} outside 0..{len(self.data)}")
+        p = self._producer
+        id = _check_id(id)
+        substream, size = _check_dataset(dataset)
+        meta_b, name_b = encode_meta(meta), name.encode()
+        rc = lib.ahrpy_commit(p._segment.ptr, self._res, nbytes, id, p._streams.index(stream),
+                              0, substream, size, name_b, len(name_b), meta_b, len(meta_b))
+        check(rc, f"commit of message {id}: name + metadata ({len(name_b) + len(meta_b)} "
+                  "bytes) must fit the reservation's meta_capacity")
+        self._open = False
+        self.data = None
+        return id
+
+    def abort(self) -> None:
+        """Give the space back; consumers never see it."""
+        if self._open:
+            self._open = False
+            self.data = None
+            check(lib.ahr_abort(self._producer._segment.ptr, self._res), "abort")
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+
+class Producer:
+    """Publishes messages of one (beamtime, data source) into the node's shared ring."""
+
+    def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
+                 create: bool = True, timeout_ms: int | None = None):
+        self._segment = open_segment(beamtime, data_source, config, create)
+        self._member = self._segment.join(lib.AHR_ROLE_PRODUCER)
+        self._streams = StreamTable(self._segment)
+        timeout_s = (config or RingConfig()).full_timeout_s if timeout_ms is None \
+            else timeout_ms / 1000
+        self.timeout_ns = int(timeout_s * 1e9)
+        self.beamtime, self.data_source = beamtime, data_source
+
+    @property
+    def segment(self) -> Segment:
+        return self._segment
+
+    def send(self, id: int, data: Any, meta: Any = None, *, stream: str = DEFAULT_STREAM,
+             dataset: tuple[int, int] | None = None, name: str = "", auto_id: bool = False,
+             callback: Callable[[dict, Exception | None], None] | None = None) -> int:
+        """Publish `data` (one copy into the ring) with `meta` (JSON-serialisable).
+
+        Blocks while the ring is full, up to the producer's timeout, then raises
+        AsapoRingFullError. Returns the message id (assigned when auto_id=True).
+        """
+        stream_idx = self._streams.index(stream)
+        id = self.next_id(stream) if auto_id else _check_id(id)
+        substream, size = _check_dataset(dataset)
+        buf = _readable_buffer(data)
+        meta_b = encode_meta(meta)
+        name_b = name.encode() if name else b""
+        rc = lib.ahrpy_send(self._segment.ptr, self._member, buf, len(buf), id, stream_idx, 0,
+                            substream, size, name_b, len(name_b), meta_b, len(meta_b),
+                            self.timeout_ns)
+        if rc < 0:
+            check(rc, f"send of message {id} ({len(buf)} bytes) to stream {stream!r}: "
+                      f"the ring holds {self._segment.config['slot_count']} slots of "
+                      f"{self._segment.config['slot_size']} bytes")
+        if callback is not None:
+            callback({"id": id, "stream": stream, "size": len(buf)}, None)
+        return id
+
+    def send_batch(self, first_id: int, data: np.ndarray, *,
+                   stream: str = DEFAULT_STREAM) -> int:
+        """Publish each row of `data` (shape (n, ...), C-contiguous) as one message, ids
+        first_id .. first_id + n - 1, no metadata: one call into C for all of them."""
+        if not isinstance(data, np.ndarray) or data.ndim < 1:
+            raise AsapoWrongInputError("send_batch takes a numpy array of shape (n, ...)")
+        first_id = _check_id(first_id)
+        buf = _readable_buffer(data)
+        n = data.shape[0]
+        each = data.nbytes // n if n else 0
+        done = lib.ahr_send_batch(self._segment.ptr, self._member, buf, each, n, first_id,
+                                  self._streams.index(stream), self.timeout_ns)
+        check(done, f"send_batch of {n} messages of {each} bytes")
+        if done < n:
+            raise AsapoRingFullError(
+                f"send_batch: the ring stayed full; {done} of {n} messages were published "
+                f"(ids {first_id}..{first_id + done - 1})")
+        return done
+
+    def reserve(self, nbytes: int, *, meta_capacity: int = DEFAULT_META_CAPACITY) -> Reservation:
+        """Reserve `nbytes` (+ room for name and metadata) to fill in place, then commit."""
+        if int(nbytes) < 0 or int(meta_capacity) < 0:
+            raise AsapoWrongInputError("nbytes and meta_capacity must not be negative")
+        res = ffi.new("struct ahr_reservation *")
+        rc = lib.ahr_reserve(self._segment.ptr, self._member, int(nbytes), int(meta_capacity),
+                             self.timeout_ns, res)
+        check(rc, f"reserve of {nbytes} bytes")
+        start = res.data_offset
+        return Reservation(self, res, self._segment.view[start:start + int(nbytes)])
+
+    def next_id(self, stream: str = DEFAULT_STREAM) -> int:
+        """The next auto id of `stream`, shared by every producer of this source."""
+        return check(lib.ahr_stream_next_id(self._segment.ptr, self._streams.index(stream)),
+                     f"auto id of stream {stream!r}")
+
+    def send_stream_finished_flag(self, stream: str, last_id: int,
+                                  next_stream: str | None = None) -> None:
+        """Mark `stream` finished after `last_id`; consumers at its end learn `next_stream`."""
+        idx = self._streams.index(stream)
+        next_idx = self._streams.index(next_stream) if next_stream else -1
+        check(lib.ahr_stream_finish(self._segment.ptr, idx, next_idx), "finish stream")
+        meta = encode_meta({"next_stream": next_stream or NO_NEXT_STREAM})
+        name = FINISH_NAME.encode()
+        rc = lib.ahrpy_send(self._segment.ptr, self._member, b"", 0, _check_id(last_id + 1),
+                            idx, lib.AHR_FLAG_FINISH, 0, 0, name, len(name), meta, len(meta),
+                            self.timeout_ns)
+        check(rc, f"finish marker of stream {stream!r}")
+
+    def stats(self) -> dict[str, int]:
+        return self._segment.ring_stats()
+
+    def close(self) -> None:
+        if not self._segment.closed:
+            self._segment.leave(self._member)
+            self._segment.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,201 @@
+"""Integration engines and their registry.
+
+An engine holds what depends on geometry only (bin of every pixel, or the CSR matrix); a
+:class:`Corrections` holds what depends on dark / flat / polarisation / solid angle / dummy
+(per-pixel normalisation, the per-frame bin index or matrix without invalid pixels, and the
+frame-independent per-bin sums). Both are cached by the integrator and rebuilt on change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from asapo_hpc.errors import AsapoWrongInputError
+from asapo_hpc.geometry import PixelDetector, PoniGeometry
+from asapo_hpc.workers.azint import kernels
+from asapo_hpc.workers.azint.reference import bin_edges, upper_bound
+
+#: Output unit -> factor from the internal unit binned in (pyFAI bins 2th in radians and r
+#: in metres, then scales the bin centres).
+UNIT_SCALE: dict[str, float] = {
+    "2th_deg": 180.0 / math.pi,
+    "2th_rad": 1.0,
+    "q_nm^-1": 1.0,
+    "r_mm": 1000.0,
+}
+
+#: Short method name -> (split, algorithm) key of the engine registry.
+METHODS: dict[str, tuple[str, str]] = {
+    "no": ("no", "histogram"),
+    "bbox": ("bbox", "csr"),
+    "full": ("full", "csr"),
+}
+
+
+def check_method(method: str | tuple) -> tuple[str, str]:
+    """Validate ``method`` ("no", "bbox", "full" or a registry tuple) -> registry key."""
+    key = METHODS.get(method) if isinstance(method, str) else tuple(method)[:2]
+    if key not in ENGINES:
+        raise AsapoWrongInputError(
+            f"unknown integration method {method!r}; use one of {sorted(METHODS)} "
+            f"or {sorted(ENGINES)}"
+        )
+    return key
+
+
+def internal_radial(
+    geom: PoniGeometry, unit: str, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray | None
+) -> np.ndarray:
+    """Radial position in the unit pyFAI bins in (2th in rad, r in m, q in nm^-1)."""
+    if unit in ("2th_deg", "2th_rad"):
+        return geom.tth(p1, p2, p3)
+    if unit == "r_mm":
+        t1, t2, _ = geom.lab_positions(p1, p2, p3)
+        return np.sqrt(t1 * t1 + t2 * t2)
+    return geom.q_nm(p1, p2, p3)
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine's geometry-only tables depend on."""
+
+    method: tuple[str, str]
+    unit: str
+    npt: int
+    radial_range: tuple[float, float] | None
+    shape: tuple[int, int]
+    geometry: tuple
+    detector: int
+    mask: Any
+
+    def diff(self, other: EngineKey | None) -> str:
+        """Human-readable reason why an engine built for ``other`` does not fit ``self``."""
+        if other is None:
+            return "first use"
+        changed = [f for f in self.__dataclass_fields__ if getattr(self, f) != getattr(other, f)]
+        return "changed: " + ", ".join(changed)
+
+
+class _Engine:
+    """Common part: bin centres and the geometry-only validity (static mask)."""
+
+    def __init__(self, key: EngineKey, geom: PoniGeometry, det: PixelDetector, mask: np.ndarray):
+        self.key = key
+        self.npt = key.npt
+        self.valid = ~mask.ravel()
+        self.lo = self.hi = 0.0
+        self.name = f"asapo_hpc.azint.{key.method[0]}_{key.method[1]}_numba"
+
+    def centers(self) -> np.ndarray:
+        """Bin centres in the output unit."""
+        raise NotImplementedError
+
+
+class NoSplitEngine(_Engine):
+    """Pixel centre -> one bin; per-pixel bin index (uint16 when npt < 65535)."""
+
+    def __init__(self, key: EngineKey, geom: PoniGeometry, det: PixelDetector, mask: np.ndarray):
+        super().__init__(key, geom, det, mask)
+        p1, p2 = det.centers()
+        pos = np.ascontiguousarray(internal_radial(geom, key.unit, p1, p2, det.centers_p3()))
+        pos = pos.ravel()
+        if key.radial_range is None:  # pyFAI's histogram takes the range over all pixels
+            self.lo, self.hi = float(pos.min()), upper_bound(float(pos.max()))
+        else:  # pyFAI stretches a user's upper bound too
+            self.lo, self.hi = key.radial_range[0], upper_bound(key.radial_range[1])
+        self.edges = bin_edges(self.lo, self.hi, self.npt)
+        dtype = np.uint16 if self.npt < np.iinfo(np.uint16).max else np.uint32
+        self.bins = kernels.bin_index(
+            pos, np.ones(pos.size, bool), self.lo, self.hi, self.edges, self.npt,
+            np.empty(pos.size, dtype),
+        )
+
+    def centers(self) -> np.ndarray:
+        return 0.5 * (self.edges[1:] + self.edges[:-1]) * UNIT_SCALE[self.key.unit]
+
+
+class CsrEngine(_Engine):
+    """Bounding-box or full pixel splitting through a CSR matrix (rows = bins)."""
+
+    def __init__(self, key: EngineKey, geom: PoniGeometry, det: PixelDetector, mask: np.ndarray):
+        super().__init__(key, geom, det, mask)
+        corners = det.corners()
+        c3 = None if det.is_flat else corners[..., 0]
+        crad = internal_radial(geom, key.unit, corners[..., 1], corners[..., 2], c3)
+        crad = np.ascontiguousarray(crad.reshape(-1, 4))
+        if key.method[0] == "bbox":
+            p1, p2 = det.centers()
+            center = internal_radial(geom, key.unit, p1, p2, det.centers_p3()).ravel()
+            delta = np.abs(crad - center[:, None]).max(axis=1)
+            lo, maxin = center - delta, center + delta
+        else:
+            lo, maxin = crad.min(axis=1), crad.max(axis=1)
+        self.lo, self.hi = self._range(key.radial_range, lo[self.valid], maxin[self.valid])
+        if key.method[0] == "bbox":
+            self.matrix = kernels.bbox_csr(center, delta, self.valid, self.lo, self.hi, self.npt)
+        else:
+            chi = geom.chi(corners[..., 1], corners[..., 2], c3).reshape(-1, 4)
+            self.matrix = kernels.full_csr(
+                crad, np.ascontiguousarray(chi), self.valid, self.lo, self.hi, self.npt
+            )
+
+    @staticmethod
+    def _range(radial_range, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
+        # pyFAI's split engines clip the lower bound at 0; the upper one is always stretched
+        if radial_range is not None:
+            return radial_range[0], upper_bound(radial_range[1])
+        return max(0.0, float(lo.min())), upper_bound(max(0.0, float(hi.max())))
+
+    def centers(self) -> np.ndarray:
+        width = (self.hi - self.lo) / self.npt
+        return (self.lo + (np.arange(self.npt) + 0.5) * width) * UNIT_SCALE[self.key.unit]
+
+    def scipy_matrix(self):
+        """The CSR matrix as scipy.sparse (bins x pixels), for tests and users."""
+        from scipy.sparse import csr_matrix
+
+        data, indices, indptr = self.matrix
+        return csr_matrix((data, indices, indptr), shape=(self.npt, self.valid.size))
+
+
+#: Registry: (split, algorithm) -> engine class.
+ENGINES: dict[tuple[str, str], type[_Engine]] = {
+    ("no", "histogram"): NoSplitEngine,
+    ("bbox", "csr"): CsrEngine,
+    ("full", "csr"): CsrEngine,
+}
+
+
+class Corrections:
+    """Per-pixel normalisation and validity for one engine and one set of corrections.
+
+    ``norm`` is float32 flat x polarisation x solid angle, 0 for statically invalid pixels;
+    ``static`` holds per-bin Σnorm, Σnorm², count, Σdark over statically valid pixels.
+    """
+
+    def __init__(self, engine: _Engine, norm: np.ndarray, dark: np.ndarray | None):
+        self.norm = norm
+        # only read for pixels found invalid in a frame, so zeros cost nothing per frame
+        dark_full = dark if dark is not None else np.zeros(norm.size, np.float32)
+        self.dark = dark_full
+        valid = norm != 0
+        if isinstance(engine, NoSplitEngine):
+            self.bins = np.where(valid, engine.bins, engine.npt).astype(engine.bins.dtype)
+            self.static = kernels.hist_static_sums(
+                self.bins, norm, dark_full, engine.npt, kernels.n_chunks(norm.size)
+            )
+        else:
+            data, indices, indptr = engine.matrix
+            keep = valid[indices]
+            rows = np.repeat(np.arange(engine.npt), np.diff(indptr))[keep]
+            counts = np.bincount(rows, minlength=engine.npt)
+            self.matrix = (
+                np.ascontiguousarray(data[keep]),
+                np.ascontiguousarray(indices[keep]),
+                np.concatenate(([0], np.cumsum(counts))).astype(np.int32),
+            )
+            self.static = kernels.csr_static_sums(*self.matrix, norm, dark_full)

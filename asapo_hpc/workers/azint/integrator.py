@@ -1,0 +1,265 @@
+"""An AzimuthalIntegrator-like front end: geometry + detector -> 1-D radial profiles.
+
+Engines come from the registry in :mod:`.engines`, are cached, and are rebuilt (the reason
+logged) when the unit, npt, range, mask or geometry change. dark, flat and mask arrays are
+cached by identity: after changing one in place, call :meth:`AzimuthalIntegrator.reset`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from asapo_hpc.errors import AsapoWrongInputError
+from asapo_hpc.geometry import PixelDetector, PoniGeometry, check_unit
+from asapo_hpc.workers.azint import kernels
+from asapo_hpc.workers.azint.engines import (
+    ENGINES,
+    UNIT_SCALE,
+    Corrections,
+    CsrEngine,
+    EngineKey,
+    NoSplitEngine,
+    check_method,
+)
+
+logger = logging.getLogger(__name__)
+
+ERROR_MODELS = ("poisson", None)
+
+
+@dataclass
+class Integrate1dResult:
+    """A radial profile and the float64 per-bin sums it was computed from."""
+
+    radial: np.ndarray
+    intensity: np.ndarray
+    sigma: np.ndarray | None
+    unit: str
+    sum_signal: np.ndarray
+    sum_variance: np.ndarray | None
+    sum_normalization: np.ndarray
+    sum_normalization2: np.ndarray
+    count: np.ndarray
+    method: tuple[str, str]
+    engine: str
+    extra: dict = field(default_factory=dict)
+
+
+def _identity(arr: np.ndarray | None):
+    """Cache key of a calibration array: identity and buffer address (not its content)."""
+    if arr is None:
+        return None
+    return (id(arr), arr.__array_interface__["data"][0], arr.shape, arr.dtype.str)
+
+
+class AzimuthalIntegrator:
+    """1-D azimuthal integration following pyFAI's conventions (see FIELD_NOTES.md)."""
+
+    def __init__(self, geometry: PoniGeometry, detector: PixelDetector):
+        self.geometry = geometry
+        self.detector = detector
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every cached engine and correction table."""
+        self._engines: dict[tuple[str, str], object] = {}
+        self._corrections: dict[tuple[str, str], tuple[tuple, Corrections]] = {}
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------ public
+    def integrate1d(
+        self,
+        data: np.ndarray,
+        npt: int,
+        unit: str = "q_nm^-1",
+        radial_range: tuple[float, float] | None = None,
+        method: str | tuple = "no",
+        mask: np.ndarray | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
+        dark: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+        correct_solid_angle: bool = True,
+        polarization_factor: float | None = None,
+        error_model: str | None = "poisson",
+        normalization_factor: float = 1.0,
+    ) -> Integrate1dResult:
+        """Integrate one frame (uint16, uint32, float32, ... as given, never copied whole)."""
+        data = self._check_data(data)
+        key = self._engine_key(npt, unit, radial_range, method, mask)
+        if error_model not in ERROR_MODELS:
+            raise AsapoWrongInputError(
+                f"unknown error model {error_model!r}; use one of {ERROR_MODELS}"
+            )
+        engine = self._engine(key, mask)
+        corr = self._correction_table(
+            engine, key, mask, dark, flat, correct_solid_angle, polarization_factor, dummy,
+            delta_dummy,
+        )
+        sums = self._frame_sums(engine, corr, data.ravel(), dummy, delta_dummy)
+        return self._result(engine, corr, sums, error_model, normalization_factor)
+
+    # ---------------------------------------------------------------------------- checking
+    def _check_data(self, data: np.ndarray) -> np.ndarray:
+        data = np.asarray(data)
+        if data.shape != self.detector.shape:
+            raise AsapoWrongInputError(
+                f"frame shape {data.shape} does not match detector shape {self.detector.shape}"
+            )
+        return np.ascontiguousarray(data)  # no copy for the usual C-contiguous frame
+
+    def _check_shape(self, name: str, arr: np.ndarray | None) -> None:
+        if arr is not None and np.shape(arr) != self.detector.shape:
+            raise AsapoWrongInputError(
+                f"{name} shape {np.shape(arr)} does not match detector shape "
+                f"{self.detector.shape}"
+            )
+
+    def _engine_key(self, npt, unit, radial_range, method, mask) -> EngineKey:
+        if isinstance(npt, bool) or not isinstance(npt, (int, np.integer)) or npt <= 0:
+            raise AsapoWrongInputError(f"npt must be a positive integer, got {npt!r}")
+        check_unit(unit)
+        method_key = check_method(method)
+        self._check_shape("mask", mask)
+        rng = None
+        if radial_range is not None:
+            lo, hi = (float(v) / UNIT_SCALE[unit] for v in radial_range)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise AsapoWrongInputError(f"bad radial_range {radial_range!r}")
+            rng = (lo, hi)
+        g = self.geometry
+        return EngineKey(
+            method=method_key, unit=unit, npt=int(npt), radial_range=rng,
+            shape=self.detector.shape,
+            geometry=(g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3, g.wavelength),
+            detector=id(self.detector),
+            mask=(_identity(mask), _identity(self.detector.mask)),
+        )
+
+    # ------------------------------------------------------------------------------ caches
+    def _static_mask(self, mask: np.ndarray | None) -> np.ndarray:
+        out = np.zeros(self.detector.shape, bool)
+        for m in (self.detector.mask, mask):
+            if m is not None:
+                out |= np.asarray(m, bool)
+        return out
+
+    def _engine(self, key: EngineKey, mask: np.ndarray | None):
+        engine = self._engines.get(key.method)
+        if engine is not None and engine.key == key:
+            return engine
+        reason = key.diff(None if engine is None else engine.key)
+        logger.info("azint: building %s engine (%s)", "/".join(key.method), reason)
+        static = self._static_mask(mask)
+        engine = ENGINES[key.method](key, self.geometry, self.detector, static)
+        self._engines[key.method] = engine
+        self._corrections.pop(key.method, None)
+        return engine
+
+    def _geometry_array(self, name: str, factor: float | None = None) -> np.ndarray:
+        g = self.geometry
+        gkey = (name, factor, g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3, id(self.detector))
+        arr = self._arrays.get(gkey)
+        if arr is None:
+            p1, p2 = self.detector.centers()
+            p3 = self.detector.centers_p3()
+            if name == "solid_angle":
+                arr = g.solid_angle(p1, p2, p3)
+            else:
+                arr = g.polarization(p1, p2, p3, factor=factor)
+            arr = np.ascontiguousarray(arr, dtype=np.float32).ravel()
+            self._arrays[gkey] = arr
+        return arr
+
+    def _correction_table(
+        self, engine, key, mask, dark, flat, solid, pol, dummy, delta_dummy
+    ) -> Corrections:
+        self._check_shape("dark", dark)
+        self._check_shape("flat", flat)
+        ckey = (key, _identity(dark), _identity(flat), bool(solid), pol, dummy, delta_dummy)
+        cached = self._corrections.get(key.method)
+        if cached is not None and cached[0] == ckey:
+            return cached[1]
+        logger.info("azint: building correction tables for %s", "/".join(key.method))
+        norm = self._pixel_norm(mask, dark, flat, solid, pol, dummy, delta_dummy)
+        dark32 = None if dark is None else np.ascontiguousarray(dark, np.float32).ravel()
+        corr = Corrections(engine, norm, dark32)
+        self._corrections[key.method] = (ckey, corr)
+        return corr
+
+    def _pixel_norm(self, mask, dark, flat, solid, pol, dummy, delta_dummy) -> np.ndarray:
+        """float32 flat x polarisation x solid angle; 0 marks a statically invalid pixel."""
+        n = self.detector.size
+        norm = np.ones(n, np.float32)
+        invalid = self._static_mask(mask).ravel()
+        if flat is not None:
+            flat32 = np.ascontiguousarray(flat, np.float32).ravel()
+            norm *= flat32
+            invalid |= _dummy_like(flat32, dummy, delta_dummy)
+        if dark is not None:
+            dark32 = np.ascontiguousarray(dark, np.float32).ravel()
+            invalid |= _dummy_like(dark32, dummy, delta_dummy) | ~np.isfinite(dark32)
+        if pol is not None:
+            norm *= self._geometry_array("polarization", float(pol))
+        if solid:
+            norm *= self._geometry_array("solid_angle")
+        invalid |= ~np.isfinite(norm)
+        norm[invalid] = 0.0
+        return norm
+
+    # ---------------------------------------------------------------------------- per frame
+    def _frame_sums(self, engine, corr: Corrections, raw, dummy, delta_dummy) -> np.ndarray:
+        """(6, npt): Σsignal, Σvariance over valid pixels and sums of frame-invalid pixels."""
+        check_dummy = dummy is not None
+        d = np.float32(dummy if check_dummy else 0.0)
+        dd = np.float32(delta_dummy or 0.0)
+        if isinstance(engine, NoSplitEngine):
+            if raw.dtype == np.uint16 and not check_dummy:
+                nch = kernels.n_chunks(raw.size)
+                sig, var = kernels.hist_packed_u16(raw, corr.bins, engine.npt, nch)
+                out = np.zeros((6, engine.npt))
+                out[0], out[1] = sig, var
+                return out
+            nch = kernels.n_chunks(raw.size)
+            return kernels.hist_checked(
+                raw, corr.bins, engine.npt, corr.norm, corr.dark, check_dummy, d, dd, nch
+            )
+        check = check_dummy or raw.dtype.kind == "f"
+        return kernels.csr_pass(
+            raw, *corr.matrix, corr.norm, corr.dark, check, check_dummy, d, dd
+        )
+
+    def _result(self, engine, corr, sums, error_model, nf) -> Integrate1dResult:
+        st = corr.static
+        signal = sums[0] - (st[3] - sums[5])
+        norm = nf * (st[0] - sums[2])
+        norm2 = nf * nf * (st[1] - sums[3])
+        count = st[2] - sums[4]
+        # pyFAI marks empty bins by count (histogram) or by normalisation (CSR)
+        empty = norm == 0 if isinstance(engine, CsrEngine) else count < 1e-6
+        count = np.where(empty & (count < 1e-6), 0.0, count)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intensity = np.where(empty, 0.0, signal / norm)
+            variance = sums[1] if error_model == "poisson" else None
+            sigma = None
+            if variance is not None:
+                sigma = np.where(empty, 0.0, np.sqrt(variance) / norm)
+        return Integrate1dResult(
+            radial=engine.centers(), intensity=intensity, sigma=sigma, unit=engine.key.unit,
+            sum_signal=signal, sum_variance=variance, sum_normalization=norm,
+            sum_normalization2=norm2, count=count, method=engine.key.method,
+            engine=engine.name,
+            extra={"radial_range_internal": (engine.lo, engine.hi)},
+        )
+
+
+def _dummy_like(arr: np.ndarray, dummy: float | None, delta_dummy: float | None) -> np.ndarray:
+    if dummy is None:
+        return np.zeros(arr.size, bool)
+    with np.errstate(invalid="ignore"):
+        if not delta_dummy:
+            return arr == np.float32(dummy)
+        return np.abs(arr - np.float32(dummy)) <= np.float32(delta_dummy)

@@ -1,0 +1,402 @@
+"""Stitch Lambda module parts into one image with a Numba kernel.
+
+Everything that depends only on the layout is planned once (``StitchPlan``): one task per
+output line of every module (where it goes, which raw line it reads, in which direction),
+run tables that cut a line into plain pixels and wide chip-junction pixels, the gap runs to
+fill, and the output pixels that masked raw pixels land on. Per frame the kernel walks the
+tasks in parallel (one task = one output row of one module), then fills gaps and masked
+pixels.
+
+Per pixel, with ``v`` the raw count and ``n`` the number of virtual pixels it covers (1, or
+3 / 9 at chip junctions when the large-pixel correction is on):
+
+* saturated pixels (``v >= layout.saturation``) are copied unchanged into every virtual pixel;
+* otherwise ``x = v * flatfield`` (float64); float32 output gets ``x / n``; integer output
+  rounds ``x`` half-to-even, clips it to the dtype, and splits it exactly: each virtual pixel
+  gets ``x // n`` and the first ``x % n`` of them (row-major inside the wide pixel, in the
+  module's own frame) one count more, so counts are conserved.
+
+``stitch_reference.stitch_reference`` is the plain NumPy definition of the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+
+from asapo_hpc.detectors.lambda9m import AxisMap, Lambda9MLayout, ModuleGeometry
+from asapo_hpc.errors import AsapoWrongInputError
+
+# Columns of StitchPlan.tasks
+T_OUT, T_MODULE, T_BASE, T_TSTRIDE, T_RUNS, T_WACROSS, T_SUBACROSS, T_ALONG_ROW = range(8)
+# Columns of StitchPlan.runs
+R_K0, R_LENGTH, R_T0, R_TDIR, R_WIDTH = range(5)
+
+
+def identity_axis(length: int) -> AxisMap:
+    """An axis without large pixels: raw pixel t is corrected pixel t."""
+    idx = np.arange(length, dtype=np.int64)
+    return AxisMap(start=idx, width=np.ones(length, np.int64), source=idx, sub=np.zeros_like(idx))
+
+
+class StitchPlan:
+    """Everything the kernel needs that depends on the layout only, built once."""
+
+    def __init__(self, layout: Lambda9MLayout, large_pixels: bool = False):
+        self.layout = layout
+        self.large_pixels = bool(large_pixels)
+        self.shape = layout.stitched_shape(self.large_pixels)
+        self.module_shape = layout.module_shape
+        self.module_size = layout.module_shape[0] * layout.module_shape[1]
+        self.axes = (
+            layout.axes if large_pixels else tuple(identity_axis(n) for n in self.module_shape)
+        )
+        self.runs, self.nruns = _run_tables(self.axes)
+        self.tasks, self.task_ptr = self._tasks()
+        self.gap_runs = _gap_runs(layout, self.large_pixels, self.shape)
+        self.masked = _masked_outputs(layout, self.large_pixels, self.axes, self.shape)
+        self.flatfield = _stacked_flatfield(layout)
+
+    def _tasks(self) -> tuple[np.ndarray, np.ndarray]:
+        per_module = []
+        slices = self.layout.module_slices(self.large_pixels)
+        placed = zip(self.layout.active_modules, slices, strict=True)
+        for part, (module, (rows, cols)) in enumerate(placed):
+            per_module.append(self._module_tasks(part, module, rows.start, cols.start))
+        ptr = np.cumsum([0] + [len(t) for t in per_module])
+        return np.concatenate(per_module), ptr
+
+    def _module_tasks(self, part: int, module: ModuleGeometry, row0: int, col0: int) -> np.ndarray:
+        """One task per output row of this module's footprint."""
+        rows_map, cols_map = self.axes
+        shape = (rows_map.corrected_length, cols_map.corrected_length)
+        u = module.orientation.apply(np.broadcast_to(np.arange(shape[0])[:, None], shape))
+        v = module.orientation.apply(np.broadcast_to(np.arange(shape[1])[None, :], shape))
+        along_row = module.orientation.quarter_turns % 2 == 1
+        along, across = (u, v) if along_row else (v, u)
+        direction = 1 if along.shape[1] < 2 or along[0, 1] > along[0, 0] else -1
+        across_map = cols_map if along_row else rows_map
+        across_u = across[:, 0]
+        t_across = across_map.source[across_u]
+        tasks = np.empty((across_u.size, 8), dtype=np.int64)
+        tasks[:, T_OUT] = (row0 + np.arange(across_u.size)) * self.shape[1] + col0
+        tasks[:, T_MODULE] = part
+        tasks[:, T_BASE] = t_across if along_row else t_across * self.module_shape[1]
+        tasks[:, T_TSTRIDE] = self.module_shape[1] if along_row else 1
+        tasks[:, T_RUNS] = 2 * int(not along_row) + int(direction < 0)
+        tasks[:, T_WACROSS] = across_map.width[t_across]
+        tasks[:, T_SUBACROSS] = across_map.sub[across_u]
+        tasks[:, T_ALONG_ROW] = int(along_row)
+        return tasks
+
+
+def _run_tables(axes: Sequence[AxisMap]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of a line read along module rows (id 0, 1) or columns (2, 3), forward / reversed."""
+    tables = [_runs(axes[a], d) for a in (0, 1) for d in (1, -1)]
+    runs = np.zeros((4, max(len(t) for t in tables), 5), dtype=np.int64)
+    for i, t in enumerate(tables):
+        runs[i, : len(t)] = t
+    return runs, np.array([len(t) for t in tables], dtype=np.int64)
+
+
+def _runs(axis: AxisMap, direction: int) -> list[tuple[int, int, int, int, int]]:
+    """Cut one output line into runs: (k0, length, first raw t, t step, pixel width)."""
+    length = axis.corrected_length
+    u_of_k = np.arange(length) if direction > 0 else np.arange(length)[::-1]
+    runs: list[tuple[int, int, int, int, int]] = []
+    k = 0
+    while k < length:
+        t = int(axis.source[u_of_k[k]])
+        w = int(axis.width[t])
+        if w > 1:
+            runs.append((k, w, t, direction, w))
+            k += w
+            continue
+        k_end = k
+        while k_end < length and axis.width[axis.source[u_of_k[k_end]]] == 1:
+            k_end += 1
+        runs.append((k, k_end - k, t, direction, 1))
+        k = k_end
+    return runs
+
+
+def _covered(layout: Lambda9MLayout, large_pixels: bool, shape: tuple[int, int]) -> np.ndarray:
+    covered = np.zeros(shape, dtype=bool)
+    for rows, cols in layout.module_slices(large_pixels):
+        covered[rows, cols] = True
+    return covered
+
+
+def _gap_runs(layout: Lambda9MLayout, large_pixels: bool, shape: tuple[int, int]) -> np.ndarray:
+    """(flat start, length) of every horizontal run of pixels no active module covers."""
+    gaps = np.zeros((shape[0], shape[1] + 2), dtype=np.int8)
+    gaps[:, 1:-1] = ~_covered(layout, large_pixels, shape)
+    edges = np.diff(gaps, axis=1)
+    starts = np.argwhere(edges == 1)
+    ends = np.argwhere(edges == -1)
+    runs = np.empty((len(starts), 2), dtype=np.int64)
+    runs[:, 0] = starts[:, 0] * shape[1] + starts[:, 1]
+    runs[:, 1] = ends[:, 1] - starts[:, 1]
+    return runs
+
+
+def _masked_outputs(
+    layout: Lambda9MLayout, large_pixels: bool, axes: Sequence[AxisMap], shape: tuple[int, int]
+) -> np.ndarray:
+    """Flat output indices of every virtual pixel of a masked raw pixel."""
+    found = []
+    slices = layout.module_slices(large_pixels)
+    for module, (rows, cols) in zip(layout.active_modules, slices, strict=True):
+        if module.mask is None or not module.mask.any():
+            continue
+        bad = module.orientation.apply(module.mask[axes[0].source][:, axes[1].source])
+        r, c = np.nonzero(bad)
+        found.append((r + rows.start) * shape[1] + c + cols.start)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
+
+
+def _stacked_flatfield(layout: Lambda9MLayout) -> np.ndarray | None:
+    modules = layout.active_modules
+    if all(m.flatfield is None for m in modules):
+        return None
+    flat = np.ones((len(modules), *layout.module_shape), dtype=np.float32)
+    for i, m in enumerate(modules):
+        if m.flatfield is not None:
+            flat[i] = m.flatfield
+    return flat.reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+@numba.njit
+def _share(v, flat_value, n, rank, sat, int_out, maxval):  # pragma: no cover - compiled
+    """What one virtual pixel of a raw count ``v`` gets (see the module docstring)."""
+    if v >= sat:
+        return np.float64(v)
+    x = np.float64(v) * flat_value
+    if not int_out:
+        return x / n
+    x = min(max(np.rint(x), 0.0), maxval)
+    vi = np.int64(x)
+    q = vi // n
+    return np.float64(q + (1 if rank < vi - q * n else 0))
+
+
+@numba.njit
+def _plain_run(src, s, step, flat, f, has_flat, out, o, count, sat, int_out,
+               maxval):  # pragma: no cover - compiled
+    """Normal pixels: one raw pixel -> one output pixel."""
+    target = out[o : o + count]
+    if step == 1:
+        # Zero-based loops over slices let LLVM vectorise (no index wraparound checks).
+        line = src[s : s + count]
+        if not has_flat:
+            for j in range(count):
+                target[j] = line[j]
+            return
+        gains = flat[f : f + count]
+        for j in range(count):
+            target[j] = _share(line[j], np.float64(gains[j]), 1, 0, sat, int_out, maxval)
+        return
+    for j in range(count):
+        value = src[s + j * step]
+        if has_flat:
+            target[j] = _share(value, np.float64(flat[f + j * step]), 1, 0, sat, int_out, maxval)
+        else:
+            target[j] = value
+
+
+@numba.njit
+def _split_run(src, s, step, flat, f, has_flat, out, o, run_length, width, tdir, w_across,
+               sub_across, along_row, sat, int_out, maxval):  # pragma: no cover - compiled
+    """Pixels on a wide row / column: each raw value is split over its virtual pixels."""
+    n = width * w_across
+    for j in range(run_length):
+        if width > 1:
+            sub_along = j if tdir > 0 else width - 1 - j
+            idx, fidx = s, f
+        else:
+            sub_along = 0
+            idx, fidx = s + j * step, f + j * step
+        if along_row:
+            rank = sub_along * w_across + sub_across
+        else:
+            rank = sub_across * width + sub_along
+        flat_value = np.float64(flat[fidx]) if has_flat else 1.0
+        out[o + j] = _share(src[idx], flat_value, n, rank, sat, int_out, maxval)
+
+
+@numba.njit(parallel=True, cache=True)
+def _stitch_lines(src, src_module_stride, tasks, first, last, runs, nruns, module_size, flat,
+                  has_flat, sat, int_out, maxval, out):  # pragma: no cover - compiled
+    for ti in numba.prange(first, last):
+        o = tasks[ti, 0]
+        module = tasks[ti, 1]
+        tstride = tasks[ti, 3]
+        rid = tasks[ti, 4]
+        w_across = tasks[ti, 5]
+        sub_across = tasks[ti, 6]
+        along_row = tasks[ti, 7] != 0
+        s_line = module * src_module_stride + tasks[ti, 2]
+        f_line = module * module_size + tasks[ti, 2]
+        for r in range(nruns[rid]):
+            k0 = runs[rid, r, 0]
+            count = runs[rid, r, 1]
+            t0 = runs[rid, r, 2]
+            tdir = runs[rid, r, 3]
+            width = runs[rid, r, 4]
+            step = tdir * tstride
+            s = s_line + t0 * tstride
+            f = f_line + t0 * tstride
+            if width == 1 and w_across == 1:
+                _plain_run(src, s, step, flat, f, has_flat, out, o + k0, count, sat, int_out,
+                           maxval)
+            else:
+                _split_run(src, s, step, flat, f, has_flat, out, o + k0, count, width, tdir,
+                           w_across, sub_across, along_row, sat, int_out, maxval)
+
+
+@numba.njit(parallel=True, cache=True)
+def _fill(out, gap_runs, masked, fill):  # pragma: no cover - compiled
+    for g in numba.prange(gap_runs.shape[0]):
+        target = out[gap_runs[g, 0] : gap_runs[g, 0] + gap_runs[g, 1]]
+        for j in range(target.size):
+            target[j] = fill
+    for i in range(masked.shape[0]):
+        out[masked[i]] = fill
+
+
+# --------------------------------------------------------------------------------------------
+# Python face
+# --------------------------------------------------------------------------------------------
+
+INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
+
+
+class Stitcher:
+    """Stitch frames of one layout: ``image = stitcher(parts)``.
+
+    ``parts`` is a (n_parts, rows, cols) array or a sequence of n_parts (rows, cols) arrays
+    (one per active module, in ``layout.active_modules`` order) of uint8 / uint16 / uint32.
+    ``output`` is ``"float32"`` or ``"input"`` (the parts' dtype). Gaps, disabled modules and
+    masked pixels get ``fill``.
+    """
+
+    def __init__(
+        self,
+        layout: Lambda9MLayout,
+        *,
+        large_pixels: bool = False,
+        output: str = "float32",
+        fill: float = 0,
+        apply_flatfield: bool = True,
+        apply_mask: bool = True,
+    ):
+        if output not in ("float32", "input"):
+            raise AsapoWrongInputError(f"output must be 'float32' or 'input', got {output!r}")
+        self.layout = layout
+        self.plan = StitchPlan(layout, large_pixels)
+        self.output = output
+        self.fill = fill
+        self._flat = self.plan.flatfield if apply_flatfield else None
+        self._masked = self.plan.masked if apply_mask else np.zeros(0, np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.plan.shape
+
+    def output_dtype(self, input_dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.float32) if self.output == "float32" else np.dtype(input_dtype)
+
+    def __call__(
+        self, parts: np.ndarray | Sequence[np.ndarray], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        arrays, dtype = self._check_parts(parts)
+        out_dtype = self.output_dtype(dtype)
+        out = self._check_out(out, out_dtype)
+        flat_out = out.reshape(-1)
+        int_out = out_dtype.kind in "ui"
+        maxval = float(np.iinfo(out_dtype).max) if int_out else 0.0
+        fill = self._fill_value(out_dtype)
+        flat = self._flat if self._flat is not None else np.ones(1, np.float32)
+        plan = self.plan
+        common = (plan.runs, plan.nruns, plan.module_size, flat, self._flat is not None,
+                  self.layout.saturation, int_out, maxval, flat_out)
+        if isinstance(arrays, np.ndarray):
+            _stitch_lines(arrays.reshape(-1), plan.module_size, plan.tasks, 0, len(plan.tasks),
+                          *common)
+        else:
+            for part, array in enumerate(arrays):
+                first, last = plan.task_ptr[part], plan.task_ptr[part + 1]
+                _stitch_lines(array.reshape(-1), 0, plan.tasks, first, last, *common)
+        _fill(flat_out, plan.gap_runs, self._masked, fill)
+        return out
+
+    def _fill_value(self, dtype: np.dtype) -> float | int:
+        if dtype.kind in "ui":
+            info = np.iinfo(dtype)
+            if self.fill != int(self.fill) or not info.min <= self.fill <= info.max:
+                raise AsapoWrongInputError(f"fill value {self.fill} does not fit {dtype}")
+            return dtype.type(self.fill)
+        return dtype.type(self.fill)
+
+    def _check_parts(
+        self, parts: np.ndarray | Sequence[np.ndarray]
+    ) -> tuple[np.ndarray | list[np.ndarray], np.dtype]:
+        n, shape = self.layout.n_parts, self.layout.module_shape
+        if isinstance(parts, np.ndarray):
+            if parts.shape != (n, *shape):
+                raise AsapoWrongInputError(
+                    f"parts have shape {parts.shape}, expected {(n, *shape)} "
+                    f"({n} active modules of {shape})"
+                )
+            _check_dtype(parts.dtype)
+            return np.ascontiguousarray(parts), parts.dtype
+        arrays = list(parts)
+        if len(arrays) != n:
+            raise AsapoWrongInputError(f"got {len(arrays)} module parts, the layout has {n}")
+        dtypes = {np.asarray(a).dtype for a in arrays}
+        if len(dtypes) != 1:
+            raise AsapoWrongInputError(f"module parts have mixed dtypes {sorted(map(str, dtypes))}")
+        for i, a in enumerate(arrays):
+            if np.shape(a) != shape:
+                raise AsapoWrongInputError(f"part {i} has shape {np.shape(a)}, expected {shape}")
+        dtype = dtypes.pop()
+        _check_dtype(dtype)
+        return [np.ascontiguousarray(a) for a in arrays], dtype
+
+    def _check_out(self, out: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+        if out is None:
+            return np.empty(self.shape, dtype=dtype)
+        if out.shape != self.shape or out.dtype != dtype or not out.flags.c_contiguous:
+            raise AsapoWrongInputError(
+                f"out must be a C-contiguous {dtype} array of shape {self.shape}, got "
+                f"{out.dtype} {out.shape}"
+            )
+        return out
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype not in INPUT_DTYPES:
+        raise AsapoWrongInputError(
+            f"module parts must be uint8, uint16 or uint32 counts, got {dtype}"
+        )
+
+
+def stitch(
+    parts: np.ndarray | Sequence[np.ndarray],
+    layout: Lambda9MLayout,
+    *,
+    large_pixels: bool = False,
+    output: str = "float32",
+    fill: float = 0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """One-off stitching; build a ``Stitcher`` once to stitch many frames."""
+    stitcher = Stitcher(layout, large_pixels=large_pixels, output=output, fill=fill)
+    return stitcher(parts, out)

@@ -1,0 +1,119 @@
+"""Radial integration benchmark: asapo_hpc's Numba engines vs pyFAI's CPU engines.
+
+3072 x 3072 frame (uint16), 55 um pixels, dist 0.2 m, beam centred, 1000 bins in 2th_deg;
+both sides use every core. Median of several repeats after a warm-up. Also measures the
+memory-bandwidth floor of each per-frame pass (bytes it must read / a streaming-read rate
+measured in the same run). Prints a table and writes bench/results/azint.json; never asserts.
+
+    python bench/azint.py [--repeats N] [--size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, engine setup, caches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def stream_read_rate(nbytes: int = 512 << 20, repeats: int = 5) -> float:
+    """Bytes/s numpy reads a large array (np.sum over float64, one thread)."""
+    arr = np.ones(nbytes // 8)
+    t = median_time(lambda: arr.sum(), repeats)
+    return nbytes / t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--size", type=int, default=3072)
+    args = parser.parse_args()
+
+    import pyFAI.detectors
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator as PyFAIIntegrator
+
+    from asapo_hpc.geometry import PixelDetector, PoniGeometry
+    from asapo_hpc.workers.azint import AzimuthalIntegrator
+
+    n, pix, npt, unit = args.size, 55e-6, 1000, "2th_deg"
+    g = PoniGeometry(0.2, n / 2 * pix, n / 2 * pix)
+    ours = AzimuthalIntegrator(g, PixelDetector.regular((n, n), pix, pix))
+    pdet = pyFAI.detectors.Detector(pix, pix, max_shape=(n, n))
+    theirs = PyFAIIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, detector=pdet,
+                             wavelength=g.wavelength)
+    frame = np.random.default_rng(0).poisson(100, (n, n)).astype(np.uint16)
+    rate = stream_read_rate()
+
+    def run_ours(method):
+        return lambda: ours.integrate1d(frame, npt, unit=unit, method=method)
+
+    def run_pyfai(method):
+        return lambda: theirs.integrate1d(frame, npt, unit=unit, method=method,
+                                          error_model="poisson")
+
+    rows = []
+    t_pyfai = {}
+    for m in [("no", "histogram", "cython"), ("no", "csr", "cython"),
+              ("bbox", "csr", "cython"), ("full", "csr", "cython")]:
+        t_pyfai[m] = median_time(run_pyfai(m), args.repeats)
+    fastest_no = min(t_pyfai[("no", "histogram", "cython")], t_pyfai[("no", "csr", "cython")])
+    for method, ref, target in [("no", fastest_no, 15.0),
+                                ("bbox", t_pyfai[("bbox", "csr", "cython")], 10.0),
+                                ("full", t_pyfai[("full", "csr", "cython")], 10.0)]:
+        t = median_time(run_ours(method), args.repeats)
+        key = ("no", "histogram") if method == "no" else (method, "csr")
+        corr = ours._corrections[key][1]
+        if method == "no":
+            nbytes = frame.nbytes + corr.bins.nbytes
+        else:
+            data, indices, indptr = corr.matrix
+            nbytes = frame.nbytes + data.nbytes + indices.nbytes + indptr.nbytes
+        floor = nbytes / rate
+        rows.append(dict(method=method, ours_ms=t * 1e3, pyfai_ms=ref * 1e3,
+                         speedup=ref / t, target_speedup=target,
+                         bytes_per_frame=nbytes, floor_ms=floor * 1e3,
+                         fraction_of_floor=floor / t, mpix_per_s=frame.size / t / 1e6))
+
+    print(f"frame {n}x{n} uint16 ({frame.size / 1e6:.2f} Mpixel), {npt} bins, {unit}, "
+          f"threads: numba {numba.get_num_threads()}, cpus {os.cpu_count()}")
+    print(f"numpy streaming read: {rate / 1e9:.2f} GB/s")
+    for m, t in t_pyfai.items():
+        print(f"  pyFAI {'/'.join(m):<22} {t * 1e3:8.1f} ms")
+    head = (f"{'method':<6} {'ours ms':>8} {'pyFAI ms':>9} {'speedup':>8} {'target':>7} "
+            f"{'MB/frame':>9} {'floor ms':>9} {'% floor':>8} {'Mpix/s':>8}")
+    print(head)
+    for r in rows:
+        print(f"{r['method']:<6} {r['ours_ms']:8.2f} {r['pyfai_ms']:9.1f} {r['speedup']:7.1f}x "
+              f"{r['target_speedup']:6.0f}x {r['bytes_per_frame'] / 1e6:9.1f} "
+              f"{r['floor_ms']:9.2f} {100 * r['fraction_of_floor']:7.0f}% "
+              f"{r['mpix_per_s']:8.0f}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    result = dict(
+        frame_shape=[n, n], npt=npt, unit=unit, repeats=args.repeats,
+        numba_threads=numba.get_num_threads(), cpus=os.cpu_count(),
+        machine=platform.machine(), stream_read_GBps=rate / 1e9,
+        pyfai_ms={"/".join(m): t * 1e3 for m, t in t_pyfai.items()}, rows=rows,
+    )
+    (out / "azint.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'azint.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The asapo_hpc ring as peers of bench/transport.py (imported by the harness if present).
+
+Variants: one message per call (send / get_next / acknowledge), batch calls
+(send_batch / get_next_batch / acknowledge_batch), and zero-copy reserve/commit on the
+producer side. The consumer touches every message in place (a view into shared memory).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from bench._transport_api import ConsumerReport, Peer, Start, Workload, now_ns, register_peer
+
+GROUP = "bench"
+BATCH = 64
+
+
+def _config(workload: Workload) -> Any:
+    from asapo_hpc.config import RingConfig
+
+    slot = (workload.nbytes + 64 + 63) // 64 * 64  # data + room for an empty name/meta
+    return RingConfig(slot_count=workload.depth, slot_size=slot, groups=(GROUP,),
+                      full_timeout_s=60)
+
+
+def ring_setup(workload: Workload, ctx: Any, tmpdir: str) -> tuple[Any, Any]:
+    from asapo_hpc.client import Producer
+
+    source = f"bench{os.getpid()}_{workload.name}"
+    creator = Producer("transport", source, config=_config(workload))  # pages faulted in once
+    channel = {"beamtime": "transport", "source": source}
+    return channel, creator
+
+
+def ring_teardown(creator: Any) -> None:
+    from asapo_hpc._core import Segment
+
+    name = creator.segment.name
+    creator.close()
+    Segment.unlink(name)
+
+
+def _producer(channel: dict) -> Any:
+    from asapo_hpc.client import Producer
+
+    return Producer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000)
+
+
+def _consumer(channel: dict) -> Any:
+    from asapo_hpc.client import Consumer
+
+    return Consumer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000)
+
+
+def send_produce(channel: dict, workload: Workload, start: Start) -> None:
+    producer = _producer(channel)
+    source = workload.make_source()
+    send = producer.send
+    start()
+    for i in range(1, workload.count + 1):
+        send(i, source)
+    producer.close()
+
+
+def batch_produce(channel: dict, workload: Workload, start: Start) -> None:
+    import numpy as np
+
+    producer = _producer(channel)
+    block = np.tile(workload.make_source(), (BATCH, 1))
+    start()
+    sent = 0
+    while sent < workload.count:
+        n = min(BATCH, workload.count - sent)
+        producer.send_batch(sent + 1, block[:n])
+        sent += n
+    producer.close()
+
+
+def reserve_produce(channel: dict, workload: Workload, start: Start) -> None:
+    producer = _producer(channel)
+    source = workload.make_source().view("u1")
+    start()
+    for i in range(1, workload.count + 1):
+        res = producer.reserve(source.nbytes, meta_capacity=0)
+        res.data[:] = source  # stands for the detector's DMA into the reserved slot
+        res.commit(i)
+    producer.close()
+
+
+def single_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
+    consumer = _consumer(channel)
+    get_next, ack, touch = consumer.get_next, consumer.acknowledge, workload.touch
+    view = "<u2" if workload.is_frame else "u1"
+    start()
+    msg = get_next(GROUP)
+    first = now_ns()
+    checksum = touch(msg.data.view(view))
+    ack(GROUP, msg)
+    for _ in range(workload.count - 1):
+        msg = get_next(GROUP)
+        checksum += touch(msg.data.view(view))
+        ack(GROUP, msg)
+    last = now_ns()
+    consumer.close()
+    return ConsumerReport(first, last, workload.count, checksum)
+
+
+def batch_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
+    consumer = _consumer(channel)
+    get_batch, ack_batch, touch = consumer.get_next_batch, consumer.acknowledge_batch, \
+        workload.touch
+    view = "<u2" if workload.is_frame else "u1"
+    start()
+    received, checksum, first = 0, 0, None
+    while received < workload.count:
+        msgs = get_batch(GROUP, BATCH)
+        if first is None:
+            first = now_ns()
+        for msg in msgs:
+            checksum += touch(msg.data.view(view))
+        ack_batch(GROUP, msgs)
+        received += len(msgs)
+    last = now_ns()
+    consumer.close()
+    return ConsumerReport(first, last, received, checksum)
+
+
+register_peer(Peer("asapo-ring", "asapo_hpc ring: send / get_next / acknowledge, one per call",
+                   ring_setup, send_produce, single_consume, ring_teardown))
+register_peer(Peer("asapo-ring-batch",
+                   f"asapo_hpc ring: send_batch / get_next_batch / acknowledge_batch ({BATCH})",
+                   ring_setup, batch_produce, batch_consume, ring_teardown))
+register_peer(Peer("asapo-ring-reserve",
+                   "asapo_hpc ring: reserve, fill in place, commit / get_next / acknowledge",
+                   ring_setup, reserve_produce, single_consume, ring_teardown))

@@ -1,0 +1,145 @@
+"""Stitching a full Lambda 9M frame vs memcpy of the same bytes, in one run.
+
+Every round times memcpy (``np.copyto`` of the frame's raw bytes, one thread) and each
+stitching case once, so slow phases of a shared machine hit all of them alike; the table
+shows medians and the ratio memcpy time / stitch time (1.0 = memcpy bandwidth for the same
+input bytes). Writes bench/results/stitch.json.
+
+    python bench/stitch.py [--rounds 30] [--threads 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from asapo_hpc.detectors.lambda9m import Lambda9MLayout
+from asapo_hpc.workers.stitch import Stitcher
+
+RESULTS = Path(__file__).parent / "results" / "stitch.json"
+
+
+def cases(layout: Lambda9MLayout, flat_layout: Lambda9MLayout) -> dict[str, tuple[Stitcher, str]]:
+    """name -> (stitcher, input dtype)."""
+    return {
+        "u16 -> u16": (Stitcher(layout, output="input"), "uint16"),
+        "u16 -> f32": (Stitcher(layout, output="float32"), "uint16"),
+        "u16 -> u16 flatfield+mask": (Stitcher(flat_layout, output="input"), "uint16"),
+        "u16 -> u16 large pixels": (Stitcher(layout, output="input", large_pixels=True), "uint16"),
+        "u16 -> f32 large pixels": (Stitcher(layout, large_pixels=True), "uint16"),
+        "u32 -> u32": (Stitcher(layout.replace(bit_depth=24), output="input"), "uint32"),
+    }
+
+
+def with_flatfield_and_mask(layout: Lambda9MLayout) -> Lambda9MLayout:
+    import dataclasses
+
+    rng = np.random.default_rng(1)
+    modules = [
+        dataclasses.replace(
+            m,
+            flatfield=rng.uniform(0.9, 1.1, layout.module_shape).astype(np.float32),
+            mask=rng.random(layout.module_shape) < 1e-3,
+        )
+        for m in layout.modules
+    ]
+    return layout.replace(modules=modules)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(rounds: int, threads: list[int]) -> dict:
+    layout = Lambda9MLayout.default()
+    rng = np.random.default_rng(0)
+    frames = {
+        dt: rng.integers(0, 4000, (layout.n_parts, *layout.module_shape)).astype(dt)
+        for dt in ("uint16", "uint32")
+    }
+    copies = {dt: np.empty_like(f) for dt, f in frames.items()}
+    work: dict[str, Callable[[], object]] = {}
+    sizes: dict[str, int] = {}
+    for dt, frame in frames.items():
+        work[f"memcpy {dt}"] = lambda dt=dt, frame=frame: np.copyto(copies[dt], frame)
+        sizes[f"memcpy {dt}"] = frame.nbytes
+    for name, (stitcher, dt) in cases(layout, with_flatfield_and_mask(layout)).items():
+        out = np.empty(stitcher.shape, stitcher.output_dtype(np.dtype(dt)))
+        for n in threads:
+            key = f"{name} [{n} thr]"
+
+            def call(stitcher=stitcher, frame=frames[dt], out=out, n=n):
+                numba.set_num_threads(n)
+                stitcher(frame, out)
+
+            work[key] = call
+            sizes[key] = frames[dt].nbytes
+    for fn in work.values():  # compile and touch every buffer once
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in work}
+    for _ in range(rounds):
+        for key, fn in work.items():
+            times[key].append(timed(fn))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return summarise(times, sizes, layout)
+
+
+def summarise(times: dict[str, list[float]], sizes: dict[str, int], layout) -> dict:
+    medians = {k: float(np.median(v)) for k, v in times.items()}
+    rows = []
+    for key, median in medians.items():
+        dtype = "uint32" if key.startswith(("u32", "memcpy uint32")) else "uint16"
+        memcpy = medians[f"memcpy {dtype}"]
+        rows.append(
+            {
+                "case": key,
+                "median_ms": median * 1e3,
+                "input_GB_per_s": sizes[key] / median / 1e9,
+                "ratio_to_memcpy": memcpy / median,
+                "frames_per_s": 1.0 / median,
+            }
+        )
+    return {
+        "what": "stitch 12x512x1536 module parts into the default layout vs np.copyto",
+        "stitched_shape": list(layout.stitched_shape()),
+        "stitched_shape_large_pixels": list(layout.stitched_shape(True)),
+        "rounds": len(next(iter(times.values()))),
+        "machine": platform.platform(),
+        "cpus": numba.config.NUMBA_NUM_THREADS,
+        "rows": rows,
+    }
+
+
+def print_table(result: dict) -> None:
+    print(f"{'case':34s} {'median ms':>10s} {'GB/s in':>8s} {'vs memcpy':>10s} {'frames/s':>9s}")
+    for r in result["rows"]:
+        print(
+            f"{r['case']:34s} {r['median_ms']:10.2f} {r['input_GB_per_s']:8.2f} "
+            f"{r['ratio_to_memcpy']:10.2f} {r['frames_per_s']:9.0f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    result = run(args.rounds, threads)
+    print_table(result)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Radial integration: Numba kernels vs NumPy references, and the integrator vs pyFAI."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyFAI.detectors
+import pytest
+from pyFAI.integrator.azimuthal import AzimuthalIntegrator as PyFAIIntegrator
+from pyFAI.utils.mathutil import rwp
+
+from asapo_hpc.errors import AsapoWrongInputError
+from asapo_hpc.geometry import PixelDetector, PoniGeometry
+from asapo_hpc.workers.azint import AzimuthalIntegrator, kernels, reference
+
+SHAPE = (256, 300)
+PIXEL = (1e-4, 1.2e-4)
+GEOMETRIES = {
+    "centred": PoniGeometry(0.1, 0.0128, 0.018),
+    "tilted": PoniGeometry(0.1, 0.004, 0.012, 0.05, -0.08, 0.3, 1.2e-10),
+    "off-centre": PoniGeometry(0.15, -0.01, 0.045, -0.2, 0.1, -1.0, 0.7e-10),
+}
+UNITS = ["2th_deg", "q_nm^-1", "r_mm", "2th_rad"]
+PYFAI_METHOD = {
+    "no": ("no", "histogram", "cython"),
+    "bbox": ("bbox", "csr", "cython"),
+    "full": ("full", "csr", "cython"),
+}
+NPT = 300
+
+
+def make_pair(g: PoniGeometry, shape=SHAPE):
+    det = PixelDetector.regular(shape, *PIXEL)
+    pdet = pyFAI.detectors.Detector(*PIXEL, max_shape=shape)
+    pai = PyFAIIntegrator(
+        dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2, rot3=g.rot3,
+        wavelength=g.wavelength, detector=pdet,
+    )
+    return AzimuthalIntegrator(g, det), pai
+
+
+@pytest.fixture(scope="module")
+def frame():
+    rng = np.random.default_rng(42)
+    return rng.poisson(200, SHAPE).astype(np.uint16)
+
+
+@pytest.fixture(scope="module", params=list(GEOMETRIES))
+def pair(request):
+    return make_pair(GEOMETRIES[request.param])
+
+
+def assert_close_to_pyfai(ours, theirs, rtol=1e-6):
+    np.testing.assert_allclose(ours.radial, theirs.radial, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(ours.count, theirs.count)
+    np.testing.assert_allclose(ours.sum_signal, theirs.sum_signal, rtol=rtol)
+    np.testing.assert_allclose(ours.sum_normalization, theirs.sum_normalization, rtol=rtol)
+    np.testing.assert_allclose(ours.intensity, theirs.intensity, rtol=rtol)
+    if theirs.sigma is not None:
+        np.testing.assert_allclose(ours.sum_variance, theirs.sum_variance, rtol=rtol)
+        np.testing.assert_allclose(ours.sigma, theirs.sigma, rtol=rtol)
+
+
+# ----------------------------------------------------------------- kernels vs NumPy references
+def test_bin_index_matches_reference_and_numpy_histogram():
+    rng = np.random.default_rng(1)
+    pos = np.concatenate([rng.uniform(-0.1, 1.1, 20000), np.linspace(0, 1, 101)])
+    lo, hi, npt = 0.0, 1.0, 100
+    out = kernels.bin_index(pos, np.ones(pos.size, bool), lo, hi,
+                            reference.bin_edges(lo, hi, npt), npt, np.empty(pos.size, np.uint16))
+    ref = reference.bin_index_reference(pos, lo, hi, npt)
+    np.testing.assert_array_equal(out, ref)
+    counts = np.bincount(out, minlength=npt + 1)[:npt]
+    below = np.count_nonzero((pos < lo) & (pos > lo - (hi - lo) / npt))
+    expected = np.histogram(pos, npt, range=(lo, hi))[0]
+    expected[0] += below  # pyFAI's truncation toward zero
+    np.testing.assert_array_equal(counts, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32])
+def test_histogram_kernels_match_reference(dtype):
+    rng = np.random.default_rng(2)
+    n, npt = 50000, 77
+    raw = rng.integers(0, 50, n).astype(dtype)
+    bins = rng.integers(0, npt + 1, n).astype(np.uint16)  # npt = excluded pixel
+    norm = rng.uniform(0.5, 1.0, n).astype(np.float32)
+    dark = rng.uniform(0, 2, n).astype(np.float32)
+    dummy = 7.0
+    if dtype == np.float32:
+        raw[::97] = np.nan
+    s, v, nn, c = reference.preprocess_reference(raw, dummy=dummy)
+    ref = reference.histogram_reference(bins, npt, s, v, np.ones(n, np.float32), c)
+    got = kernels.hist_checked(raw, bins, npt, norm, dark, True, np.float32(dummy),
+                               np.float32(0), 3)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-12)
+    bad = (c == 0) & (bins < npt)
+    np.testing.assert_allclose(got[2], np.bincount(bins[bad], norm[bad], npt + 1)[:npt],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(got[4], np.bincount(bins[bad], minlength=npt + 1)[:npt])
+    if dtype == np.uint16:
+        sig, var = kernels.hist_packed_u16(raw, bins, npt, 3)
+        s, v, _, c = reference.preprocess_reference(raw)
+        ref = reference.histogram_reference(bins, npt, s, v, np.ones(n, np.float32), c)
+        np.testing.assert_array_equal(sig, ref[0])
+        np.testing.assert_array_equal(var, ref[1])
+
+
+def _random_pixels(n, rng):
+    center = rng.uniform(0.0, 1.0, n)
+    delta = rng.uniform(0.0, 0.03, n)
+    corner_rad = center[:, None] + rng.uniform(-0.03, 0.03, (n, 4))
+    corner_chi = rng.uniform(-np.pi, np.pi, n)[:, None] + np.array([0, 0.01, 0.012, 0.002])
+    corner_chi = np.where(corner_chi > np.pi, corner_chi - 2 * np.pi, corner_chi)
+    valid = rng.random(n) > 0.1
+    return center, delta, corner_rad, corner_chi, valid
+
+
+def test_csr_builders_match_reference():
+    rng = np.random.default_rng(3)
+    center, delta, crad, cchi, valid = _random_pixels(3000, rng)
+    lo, hi, npt = 0.05, 0.95, 60
+    for got, ref in [
+        (kernels.bbox_csr(center, delta, valid, lo, hi, npt),
+         reference.bbox_csr_reference(center, delta, valid, lo, hi, npt)),
+        (kernels.full_csr(crad, cchi, valid, lo, hi, npt),
+         reference.full_csr_reference(crad, cchi, valid, lo, hi, npt)),
+    ]:
+        np.testing.assert_array_equal(got[2], ref[2])
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-6, atol=1e-7)
+
+
+def test_full_split_conserves_pixel_weight():
+    rng = np.random.default_rng(4)
+    _, _, crad, cchi, valid = _random_pixels(2000, rng)
+    data, indices, _ = kernels.full_csr(crad, cchi, valid, -1.0, 2.0, 50)
+    per_pixel = np.bincount(indices, data.astype(np.float64), minlength=valid.size)
+    np.testing.assert_allclose(per_pixel[valid], 1.0, rtol=1e-6)
+    assert not per_pixel[~valid].any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_csr_pass_matches_reference_and_scipy(dtype):
+    rng = np.random.default_rng(5)
+    center, delta, _, _, valid = _random_pixels(5000, rng)
+    data, indices, indptr = kernels.bbox_csr(center, delta, valid, 0.0, 1.0, 40)
+    raw = rng.integers(0, 30, valid.size).astype(dtype)
+    norm = rng.uniform(0.5, 1.0, valid.size).astype(np.float32)
+    dark = np.zeros(valid.size, np.float32)
+    got = kernels.csr_pass(raw, data, indices, indptr, norm, dark, True, False,
+                           np.float32(0), np.float32(0))
+    s, v, _, c = reference.preprocess_reference(raw)
+    ref = reference.csr_integrate_reference(data, indices, indptr, s, v, norm, c)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-10)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-10)
+    from scipy.sparse import csr_matrix
+    m = csr_matrix((data.astype(np.float64), indices, indptr), shape=(40, valid.size))
+    np.testing.assert_allclose(got[0], m @ raw.astype(np.float64), rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["bbox", "full"])
+def test_integrator_equals_scipy_product_of_its_matrix(pair, frame, method):
+    ai, _ = pair
+    res = ai.integrate1d(frame, NPT, unit="q_nm^-1", method=method)
+    m = ai._engines[("bbox" if method == "bbox" else "full", "csr")].scipy_matrix()
+    sa = ai.geometry.solid_angle(*ai.detector.centers()).astype(np.float32).ravel()
+    np.testing.assert_allclose(res.sum_signal, m @ frame.ravel().astype(np.float64), rtol=1e-9)
+    np.testing.assert_allclose(res.sum_normalization, m @ sa.astype(np.float64), rtol=1e-9)
+    np.testing.assert_allclose(res.count, m @ np.ones(frame.size), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------------- vs pyFAI
+@pytest.mark.parametrize("unit", UNITS)
+def test_no_split_matches_pyfai(pair, frame, unit):
+    ai, pai = pair
+    ours = ai.integrate1d(frame, NPT, unit=unit, method="no")
+    theirs = pai.integrate1d(frame, NPT, unit=unit, method=PYFAI_METHOD["no"],
+                             error_model="poisson")
+    assert_close_to_pyfai(ours, theirs)
+    assert ours.engine.endswith("no_histogram_numba") and ours.count.sum() == frame.size
+
+
+@pytest.mark.parametrize("method", ["bbox", "full"])
+@pytest.mark.parametrize("unit", UNITS[:3])
+def test_split_methods_match_pyfai(pair, frame, unit, method):
+    ai, pai = pair
+    ours = ai.integrate1d(frame, NPT, unit=unit, method=method)
+    theirs = pai.integrate1d(frame, NPT, unit=unit, method=PYFAI_METHOD[method],
+                             error_model="poisson")
+    np.testing.assert_allclose(ours.radial, theirs.radial, rtol=1e-6)
+    # rwp on the common abscissa: edge extrapolation would otherwise dominate
+    assert rwp((theirs.radial, ours.intensity), (theirs.radial, theirs.intensity)) < 3
+    # the first bins hold the pixel around the beam centre, whose chi spans 2pi: there the
+    # polygon in (radial, chi) is ill-defined and pyFAI's recentering differs from ours
+    np.testing.assert_allclose(ours.intensity[2:], theirs.intensity[2:], rtol=1e-3)
+    np.testing.assert_allclose(ours.count[2:], theirs.count[2:], rtol=5e-3)
+
+
+def test_corrections_match_pyfai(frame):
+    ai, pai = make_pair(GEOMETRIES["tilted"])
+    rng = np.random.default_rng(6)
+    mask = rng.random(SHAPE) < 0.05
+    dark = rng.uniform(0, 5, SHAPE).astype(np.float32)
+    flat = rng.uniform(0.8, 1.2, SHAPE).astype(np.float32)
+    cases = [
+        dict(mask=mask), dict(dark=dark), dict(flat=flat), dict(polarization_factor=0.95),
+        dict(correct_solid_angle=False), dict(normalization_factor=2.5),
+        dict(mask=mask, dark=dark, flat=flat, polarization_factor=-0.3),
+    ]
+    for kw in cases:
+        pyfai_kw = {("correctSolidAngle" if k == "correct_solid_angle" else k): v
+                    for k, v in kw.items()}
+        for method in ("no", "bbox"):
+            ours = ai.integrate1d(frame, NPT, unit="2th_deg", method=method, **kw)
+            theirs = pai.integrate1d(frame, NPT, unit="2th_deg", method=PYFAI_METHOD[method],
+                                     error_model="poisson", **pyfai_kw)
+            if method == "no":
+                assert_close_to_pyfai(ours, theirs, rtol=2e-6)
+            else:
+                np.testing.assert_allclose(ours.intensity, theirs.intensity, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32])
+def test_dummy_and_nan_match_pyfai(frame, dtype):
+    ai, pai = make_pair(GEOMETRIES["off-centre"])
+    data = frame.astype(dtype)
+    data[::7, ::5] = 65000  # dummy value
+    if dtype == np.float32:
+        data[::11, ::3] = np.nan
+    for method in ("no", "full"):
+        for delta in (None, 2.0):
+            ours = ai.integrate1d(data, NPT, unit="r_mm", method=method, dummy=65000,
+                                  delta_dummy=delta)
+            theirs = pai.integrate1d(data, NPT, unit="r_mm", method=PYFAI_METHOD[method],
+                                     error_model="poisson", dummy=65000, delta_dummy=delta)
+            if method == "no":
+                assert_close_to_pyfai(ours, theirs)
+            else:
+                np.testing.assert_allclose(ours.intensity, theirs.intensity, rtol=1e-4)
+    # the same frame without dummy: bins holding the 65000 pixels differ
+    plain = ai.integrate1d(data, NPT, unit="r_mm", method="no")
+    assert plain.count.sum() > ours.count.sum() or dtype == np.float32
+
+
+def test_explicit_corners_with_gap_match_pyfai(frame):
+    """Two modules with a 10-pixel gap and wider edge pixels, integrated unstitched."""
+    g = GEOMETRIES["tilted"]
+    base = PixelDetector.regular(SHAPE, *PIXEL).corners().copy()
+    base[SHAPE[0] // 2:, :, :, 1] += 10 * PIXEL[0]  # second module further down
+    base[:, -1, 2:4, 2] += 0.5 * PIXEL[1]  # last column 1.5 pixels wide
+    det = PixelDetector.from_corners(base)
+    pdet = pyFAI.detectors.Detector(*PIXEL, max_shape=SHAPE)
+    pdet.set_pixel_corners(base.astype(np.float32))
+    ai = AzimuthalIntegrator(g, det)
+    pai = PyFAIIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, rot1=g.rot1, rot2=g.rot2,
+                          rot3=g.rot3, wavelength=g.wavelength, detector=pdet)
+    for method in ("no", "bbox", "full"):
+        ours = ai.integrate1d(frame, NPT, unit="q_nm^-1", method=method)
+        theirs = pai.integrate1d(frame, NPT, unit="q_nm^-1", method=PYFAI_METHOD[method],
+                                 error_model="poisson")
+        assert rwp((theirs.radial, ours.intensity), (theirs.radial, theirs.intensity)) < 3
+        if method == "no":
+            np.testing.assert_allclose(ours.intensity, theirs.intensity, rtol=1e-5)
+            assert np.abs(ours.count - theirs.count).sum() <= 4
+
+
+def test_radial_range_and_no_error_model(frame):
+    ai, pai = make_pair(GEOMETRIES["centred"])
+    for method in ("no", "bbox", "full"):
+        ours = ai.integrate1d(frame, 100, unit="2th_deg", radial_range=(2.0, 9.0),
+                              method=method, error_model=None)
+        theirs = pai.integrate1d(frame, 100, unit="2th_deg", radial_range=(2.0, 9.0),
+                                 method=PYFAI_METHOD[method])
+        assert ours.sigma is None
+        np.testing.assert_allclose(ours.radial, theirs.radial, rtol=1e-9)
+        np.testing.assert_allclose(ours.intensity, theirs.intensity, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- engine cache
+def test_engine_cached_and_rebuilt_with_reason(frame, caplog):
+    ai, _ = make_pair(GEOMETRIES["centred"])
+    ai.integrate1d(frame, NPT, method="bbox")
+    engine = ai._engines[("bbox", "csr")]
+    ai.integrate1d(frame, NPT, method="bbox")
+    assert ai._engines[("bbox", "csr")] is engine
+    with caplog.at_level(logging.INFO, logger="asapo_hpc.workers.azint.integrator"):
+        ai.integrate1d(frame, NPT + 1, method="bbox")
+    assert "changed: npt" in caplog.text
+    assert ai._engines[("bbox", "csr")] is not engine
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_wrong_input_errors(frame):
+    ai, _ = make_pair(GEOMETRIES["centred"])
+    with pytest.raises(AsapoWrongInputError, match="unknown radial unit"):
+        ai.integrate1d(frame, NPT, unit="chi_deg")
+    with pytest.raises(AsapoWrongInputError, match="unknown integration method"):
+        ai.integrate1d(frame, NPT, method="lut")
+    with pytest.raises(AsapoWrongInputError, match="does not match detector shape"):
+        ai.integrate1d(frame[:, :-1], NPT)
+    with pytest.raises(AsapoWrongInputError, match="dark shape"):
+        ai.integrate1d(frame, NPT, dark=np.zeros((2, 2)))
+    for npt in (0, -5, 2.5):
+        with pytest.raises(AsapoWrongInputError, match="npt must be a positive integer"):
+            ai.integrate1d(frame, npt)
+    with pytest.raises(AsapoWrongInputError, match="unknown error model"):
+        ai.integrate1d(frame, NPT, error_model="azimuthal")
+    with pytest.raises(AsapoWrongInputError, match="bad radial_range"):
+        ai.integrate1d(frame, NPT, radial_range=(5.0, 1.0))
