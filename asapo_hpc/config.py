@@ -69,6 +69,14 @@ FIELD_DOCS: dict[str, tuple[str, str, str]] = {
         "-",
         "-",
     ),
+    "copy_threads": (
+        "Threads a producer's send() uses to copy one large message (>= 4 MiB) into its "
+        "slot. On a node the consumer's core is mostly idle while a frame is copied, and "
+        "two threads copy ~1.5-2x faster than one. 1 = copy in the calling thread only. "
+        "Per producer, not stored in the segment.",
+        "-",
+        "-",
+    ),
     "mode": (
         "Permission bits of the segment file in /dev/shm (0o600; 0o660 to share with a "
         "group).",
@@ -94,6 +102,7 @@ class RingConfig:
     max_attempts: int = 3
     lease_s: float = 30.0
     full_timeout_s: float = 10.0
+    copy_threads: int = 2
     mode: int = 0o600
 
     def __post_init__(self) -> None:
@@ -113,6 +122,7 @@ class RingConfig:
             ("max_attempts", 1 <= self.max_attempts <= 255, "1..255"),
             ("lease_s", self.lease_s >= 0.001, "at least 0.001 s"),
             ("full_timeout_s", self.full_timeout_s >= 0, "not negative"),
+            ("copy_threads", 1 <= self.copy_threads <= 64, "1..64"),
             ("groups", len(self.groups) <= self.max_groups, "at most max_groups names"),
         ]
         for name, ok, want in checks:

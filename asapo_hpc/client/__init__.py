@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from asapo_hpc.client._common import check_endpoint
 from asapo_hpc.client.consumer import Consumer, generate_group_id
-from asapo_hpc.client.message import Message
+from asapo_hpc.client.message import Message, MessageBatch
 from asapo_hpc.client.producer import Producer, Reservation
 from asapo_hpc.config import RingConfig
 
-__all__ = ["Consumer", "Message", "Producer", "Reservation", "create_consumer",
+__all__ = ["Consumer", "Message", "MessageBatch", "Producer", "Reservation", "create_consumer",
            "create_producer", "generate_group_id"]
 
 

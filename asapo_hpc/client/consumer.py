@@ -10,7 +10,14 @@ import numpy as np
 
 from asapo_hpc._core import Segment, check, ffi, lib
 from asapo_hpc.client._common import StreamTable, open_segment
-from asapo_hpc.client.message import MSG_FIELDS, MSG_SIZE, NO_NEXT_STREAM, Message
+from asapo_hpc.client.message import (
+    MSG_DTYPE,
+    MSG_FIELDS,
+    MSG_SIZE,
+    NO_NEXT_STREAM,
+    Message,
+    MessageBatch,
+)
 from asapo_hpc.config import RingConfig, check_name
 from asapo_hpc.errors import (
     AsapoEndOfStreamError,
@@ -48,10 +55,13 @@ class Consumer:
         self._member = self._segment.join(lib.AHR_ROLE_CONSUMER)
         self._streams = StreamTable(self._segment)
         self._groups: dict[tuple[str, str | None], int] = {}
-        self._claims: dict[tuple[int, int, int], int] = {}  # (group, stream, id) -> seq
-        self._msg_buf = ffi.new("struct ahr_msg[]", batch_capacity)
-        self._msg_bytes = ffi.buffer(self._msg_buf)
-        self._seq_buf = ffi.new("uint64_t[]", batch_capacity)
+        self._ptr = self._segment.ptr
+        self._view = self._segment.view
+        self._ctx = ffi.new("struct ahrpy_ctx *")
+        self._ctx.ring, self._ctx.member = self._ptr, self._member
+        self._msg_buf = ffi.new("struct ahr_msg *")
+        self._msg_bytes = memoryview(ffi.buffer(self._msg_buf))
+        self._batch_capacity = int(batch_capacity)
         self._resend: tuple[int, int] | None = None
         self.timeout_ns = int(timeout_ms * 1e6)
         self.beamtime, self.data_source = beamtime, data_source
@@ -92,47 +102,61 @@ class Consumer:
         """Claim the next message for `group_id` (a due redelivery first).
 
         Raises AsapoStreamFinishedError at the end of a finished stream (with the next
-        stream's name), AsapoEndOfStreamError/AsapoNoDataError when nothing came in time.
+        stream's name), AsapoEndOfStreamError when nothing came before the timeout.
         """
-        handle = self._group(group_id, stream)
+        handle = self._groups.get((group_id, stream))
+        if handle is None:
+            handle = self._group(group_id, stream)
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
-        rc = lib.ahr_get_next(self._segment.ptr, handle, self._member, timeout, self._msg_buf)
-        if rc < 0:
+        rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
+        if rc:
             return self._no_message(rc, group_id, stream)
-        fields = MSG_FIELDS.unpack_from(self._msg_bytes)
-        msg = Message(fields, self, handle)
-        if fields[9] & 1:  # a finish marker is acknowledged here and told as an error
-            return self._finish(msg, group_id, stream)
-        self._claims[(handle, fields[8], fields[1])] = fields[0]
+        f = MSG_FIELDS.unpack_from(self._msg_bytes)
+        msg = Message(f, self, handle, self._view[f[2]:f[2] + f[3]])
+        if f[9] & 1:  # a finish marker is acknowledged here and told as an error
+            self._finish(msg, group_id, stream)
         return msg
 
     def get_next_batch(self, group_id: str, n: int, stream: str | None = None,
-                       timeout_ms: int | None = None) -> list[Message]:
-        """Claim up to `n` messages in one call; waits only for the first."""
-        handle = self._group(group_id, stream)
-        n = min(int(n), len(self._msg_buf))
-        timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
-        got = lib.ahr_get_next_batch(self._segment.ptr, handle, self._member, n, timeout,
-                                     self._msg_buf)
-        if got < 0:
-            return [self._no_message(got, group_id, stream)]
-        out, claims, finish = [], self._claims, None
-        buf = self._msg_bytes
-        for i in range(got):
-            fields = MSG_FIELDS.unpack_from(buf, i * MSG_SIZE)
-            msg = Message(fields, self, handle)
-            if fields[9] & 1:
-                finish = msg
-                continue
-            claims[(handle, fields[8], fields[1])] = fields[0]
-            out.append(msg)
-        if finish is not None and not out:
-            self._finish(finish, group_id, stream)
-        elif finish is not None:  # hand the marker out on the next call
-            check(lib.ahr_nack(self._segment.ptr, handle, self._member, finish.seq, 0), "nack")
-        return out
+                       timeout_ms: int | None = None) -> MessageBatch:
+        """Claim up to `n` (<= batch_capacity) messages in one call; waits only for the first.
 
-    def _finish(self, marker: Message, group_id: str, stream: str | None) -> Message:
+        Returns a MessageBatch: a sequence of Messages made on demand, with ``arrays()``
+        for the data views alone. Acknowledge it whole with ``acknowledge_batch``.
+        """
+        handle = self._groups.get((group_id, stream))
+        if handle is None:
+            handle = self._group(group_id, stream)
+        n = max(1, min(int(n), self._batch_capacity))
+        timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
+        buf = ffi.new("struct ahr_msg[]", n)  # owned by the batch: acks read it later
+        got = lib.ahr_get_next_batch(self._ptr, handle, self._member, n, timeout, buf)
+        if got < 0:
+            self._no_message(got, group_id, stream)
+        records = np.frombuffer(ffi.buffer(buf, got * MSG_SIZE), dtype=MSG_DTYPE)
+        batch = MessageBatch(self, handle, buf, records)
+        if records["flags"].any():  # a finish marker: rare, so the slow path
+            return self._batch_with_markers(batch, group_id, stream)
+        return batch
+
+    def _batch_with_markers(self, batch: MessageBatch, group_id: str,
+                            stream: str | None) -> MessageBatch:
+        """Keep the ordinary messages; a marker alone ends the stream, else it is handed
+        out again on a later call."""
+        records = batch._records
+        is_marker = (records["flags"] & 1).astype(bool)
+        markers = [batch[i] for i in np.flatnonzero(is_marker)]
+        if is_marker.all():
+            self._finish(markers[0], group_id, stream)
+        for marker in markers:
+            check(lib.ahr_nack(self._ptr, batch._group, self._member, marker.seq, 0), "nack")
+        keep = np.flatnonzero(~is_marker)
+        buf = ffi.new("struct ahr_msg[]", len(keep))
+        kept = np.frombuffer(ffi.buffer(buf), dtype=MSG_DTYPE)
+        kept[:] = records[keep]
+        return MessageBatch(self, batch._group, buf, kept)
+
+    def _finish(self, marker: Message, group_id: str, stream: str | None) -> None:
         lib.ahr_ack(self._segment.ptr, marker._group, self._member, marker.seq)
         next_stream = marker.meta.get("next_stream")
         if next_stream == NO_NEXT_STREAM:
@@ -169,18 +193,19 @@ class Consumer:
 
     # -- acknowledging ---------------------------------------------------------------------
 
-    def _claim_of(self, group_id: str, id: Any, stream: str | None) -> tuple[int, int, tuple]:
-        """(group handle, ring sequence, claims key) of a message this consumer holds."""
+    def _claim_of(self, group_id: str, id: Any, stream: str | None) -> tuple[int, int]:
+        """(group handle, ring sequence) of a message this consumer holds."""
+        if type(id) is Message:
+            return id._group, id._fields[0]
         if isinstance(id, Message):
-            f = id._fields
-            return id._group, f[0], (id._group, f[8], f[1])
+            return id._group, id.seq
         stream_idx = self._streams.index(stream or "default")
+        seq = ffi.new("uint64_t *")
         for (gid, gstream), handle in self._groups.items():
             if gid == group_id and (stream is None or gstream in (None, stream)):
-                key = (handle, stream_idx, int(id))
-                seq = self._claims.get(key)
-                if seq is not None:
-                    return handle, seq, key
+                if lib.ahr_find_claim(self._ptr, handle, self._member, stream_idx, int(id),
+                                      seq) == 0:
+                    return handle, seq[0]
         raise AsapoWrongInputError(
             f"message id {id} of stream {stream or 'default'!r} is not held by this consumer "
             f"in group {group_id!r} (already acknowledged, or never delivered here)")
@@ -195,33 +220,34 @@ class Consumer:
 
     def acknowledge(self, group_id: str, id: int | Message, stream: str | None = None) -> None:
         """Acknowledge message `id` (or a Message) for the group; its slot may then be reused."""
-        handle, seq, key = self._claim_of(group_id, id, stream)
-        self._claims.pop(key, None)
-        rc = lib.ahr_ack(self._segment.ptr, handle, self._member, seq)
-        if rc < 0:
+        if type(id) is Message:  # the common case, kept short
+            handle, seq = id._group, id._fields[0]
+        else:
+            handle, seq = self._claim_of(group_id, id, stream)
+        rc = lib.ahrpy_ack(self._ctx, handle, seq)
+        if rc:
             self._raise_ack(rc, seq)
 
-    def acknowledge_batch(self, group_id: str, messages: list[Message]) -> int:
+    def acknowledge_batch(self, group_id: str, messages: MessageBatch | list[Message]) -> int:
         """Acknowledge several messages in one call; returns how many were still ours."""
+        if isinstance(messages, MessageBatch):
+            done = lib.ahrpy_ack_msgs(self._ctx, messages._group, messages._buf,
+                                      len(messages))
+            return check(done, "acknowledge_batch")
         if not messages:
             return 0
         handle = messages[0]._group
-        n = len(messages)
-        seqs = self._seq_buf if n <= len(self._seq_buf) else ffi.new("uint64_t[]", n)
-        for i, msg in enumerate(messages):
-            if msg._group != handle:
-                raise AsapoWrongInputError("acknowledge_batch: messages of one group only")
-            seqs[i] = msg._fields[0]
-            self._claims.pop((handle, msg._fields[8], msg._fields[1]), None)
-        done = lib.ahr_ack_batch(self._segment.ptr, handle, self._member, seqs, n)
+        seqs = ffi.new("uint64_t[]", [m.seq for m in messages])
+        if any(m._group != handle for m in messages):
+            raise AsapoWrongInputError("acknowledge_batch: messages of one group only")
+        done = lib.ahr_ack_batch(self._ptr, handle, self._member, seqs, len(messages))
         return check(done, "acknowledge_batch")
 
     def neg_acknowledge(self, group_id: str, id: int | Message, delay_ms: int = 0,
                         stream: str | None = None) -> None:
         """Give the message back to the group: redelivered after delay_ms (to any member)."""
-        handle, seq, key = self._claim_of(group_id, id, stream)
-        self._claims.pop(key, None)
-        rc = lib.ahr_nack(self._segment.ptr, handle, self._member, seq, int(delay_ms * 1e6))
+        handle, seq = self._claim_of(group_id, id, stream)
+        rc = lib.ahr_nack(self._ptr, handle, self._member, seq, int(delay_ms * 1e6))
         if rc < 0:
             self._raise_ack(rc, seq)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +15,12 @@ if TYPE_CHECKING:
 # Field order of struct ahr_msg (csrc/include/asapo_hpc/ring.h): 6 x u64, 8 x u32.
 MSG_FIELDS = struct.Struct("<6Q8I")
 MSG_SIZE = MSG_FIELDS.size
+MSG_DTYPE = np.dtype([(name, "<u8") for name in ("seq", "id", "data_offset", "data_len",
+                                                 "name_offset", "timestamp_ns")] +
+                     [(name, "<u4") for name in ("name_len", "meta_len", "stream", "flags",
+                                                 "ds_substream", "ds_size", "attempts",
+                                                 "span")])
+assert MSG_DTYPE.itemsize == MSG_SIZE
 
 FINISH_NAME = "asapo_finish_stream"
 NO_NEXT_STREAM = "asapo_no_next"
@@ -30,8 +37,8 @@ class Message:
 
     __slots__ = ("_fields", "_consumer", "_group", "_meta", "_data", "_tail")
 
-    def __init__(self, fields: tuple, consumer: Consumer | None, group: int,
-                 data: np.ndarray | None = None, tail: bytes | None = None):
+    def __init__(self, fields: tuple, consumer: Consumer, group: int, data: np.ndarray,
+                 tail: bytes | None = None):
         self._fields = fields
         self._consumer = consumer
         self._group = group
@@ -76,15 +83,11 @@ class Message:
 
     @property
     def data(self) -> np.ndarray:
-        if self._data is None:
-            view = self._consumer._segment.view
-            off = self._fields[2]
-            self._data = view[off:off + self._fields[3]]
         return self._data
 
     def _tail_bytes(self) -> bytes:
         if self._tail is None:
-            view = self._consumer._segment.view
+            view = self._consumer._view
             off = self._fields[4]
             self._tail = view[off:off + self._fields[6] + self._fields[7]].tobytes()
         return self._tail
@@ -130,3 +133,64 @@ class Message:
     def __repr__(self) -> str:
         return (f"Message(id={self.id}, seq={self.seq}, size={self.size}, "
                 f"attempts={self.attempts})")
+
+
+class MessageBatch(Sequence):
+    """Messages claimed in one call (``Consumer.get_next_batch``).
+
+    A sequence of Message objects, made only when indexed or iterated. ``arrays()`` gives
+    just the data views (no copy), cheaper per message; ``ids`` the message ids. Hand the
+    whole batch to ``Consumer.acknowledge_batch``: it acknowledges straight from the
+    descriptors the batch owns.
+    """
+
+    __slots__ = ("_consumer", "_group", "_buf", "_records")
+
+    def __init__(self, consumer: Consumer, group: int, buf, records: np.ndarray):
+        self._consumer = consumer
+        self._group = group
+        self._buf = buf  # the struct ahr_msg[] these messages were claimed into
+        self._records = records  # numpy view of the same descriptors
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self._records)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("batch index out of range")
+        f = MSG_FIELDS.unpack_from(self._records, i * MSG_SIZE)
+        view = self._consumer._view
+        return Message(f, self._consumer, self._group, view[f[2]:f[2] + f[3]])
+
+    def __iter__(self):
+        unpack, view, consumer, group = MSG_FIELDS.unpack_from, self._consumer._view, \
+            self._consumer, self._group
+        records = self._records
+        for i in range(len(records)):
+            f = unpack(records, i * MSG_SIZE)
+            yield Message(f, consumer, group, view[f[2]:f[2] + f[3]])
+
+    @property
+    def ids(self) -> list[int]:
+        return self._records["id"].tolist()
+
+    def arrays(self, dtype: Any = np.uint8, shape: tuple[int, ...] | None = None
+               ) -> list[np.ndarray]:
+        """Each message's data as a view of `dtype` (and `shape`), without a copy."""
+        view = self._consumer._view
+        offsets = self._records["data_offset"].tolist()
+        ends = (self._records["data_offset"] + self._records["data_len"]).tolist()
+        out = [view[a:b] for a, b in zip(offsets, ends, strict=True)]
+        if np.dtype(dtype) != np.uint8:
+            out = [a.view(dtype) for a in out]
+        if shape is not None:
+            out = [a.reshape(shape) for a in out]
+        return out
+
+    def __repr__(self) -> str:
+        return f"MessageBatch({len(self)} messages, ids {self.ids[:3]}...)"

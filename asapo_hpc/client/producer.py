@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from asapo_hpc.config import RingConfig
 from asapo_hpc.errors import AsapoRingFullError, AsapoWrongInputError
 
 DEFAULT_META_CAPACITY = 4096
+PARALLEL_COPY_MIN = 4 << 20  # below this a second thread costs more than it saves
 
 
 def _check_id(id: int) -> int:
@@ -43,13 +45,13 @@ def _check_dataset(dataset: tuple[int, int] | None) -> tuple[int, int]:
 
 def _readable_buffer(data: Any):
     """A cffi view of `data`'s bytes without copying; contiguous buffers only."""
-    if isinstance(data, np.ndarray) and not data.flags.c_contiguous:
-        raise AsapoWrongInputError(
-            "data is not C-contiguous: pass np.ascontiguousarray(data) (that copies), or "
-            "write into a reservation (Producer.reserve) instead")
     try:
         return ffi.from_buffer(data)
-    except TypeError:
+    except (TypeError, ValueError, BufferError):
+        if isinstance(data, np.ndarray) and not data.flags.c_contiguous:
+            raise AsapoWrongInputError(
+                "data is not C-contiguous: pass np.ascontiguousarray(data) (that copies), "
+                "or write into a reservation (Producer.reserve) instead") from None
         raise AsapoWrongInputError(
             f"data of type {type(data).__name__} does not expose a contiguous buffer; pass "
             "bytes, bytearray, memoryview or a numpy array") from None
@@ -122,13 +124,31 @@ class Producer:
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
                  create: bool = True, timeout_ms: int | None = None):
+        settings = config or RingConfig()
         self._segment = open_segment(beamtime, data_source, config, create)
+        self._copy_pool = ThreadPoolExecutor(settings.copy_threads - 1,
+                                             thread_name_prefix="asapo-copy") \
+            if settings.copy_threads > 1 else None
+        self._copy_threads = settings.copy_threads
         self._member = self._segment.join(lib.AHR_ROLE_PRODUCER)
         self._streams = StreamTable(self._segment)
-        timeout_s = (config or RingConfig()).full_timeout_s if timeout_ms is None \
+        self._stream_index = self._streams._index  # read directly on the hot path
+        self._ptr = self._segment.ptr
+        timeout_s = settings.full_timeout_s if timeout_ms is None \
             else timeout_ms / 1000
+        self._ctx = ffi.new("struct ahrpy_ctx *")
+        self._ctx.ring, self._ctx.member = self._ptr, self._member
         self.timeout_ns = int(timeout_s * 1e9)
         self.beamtime, self.data_source = beamtime, data_source
+
+    @property
+    def timeout_ns(self) -> int:
+        """How long a send waits for space in a full ring, in ns."""
+        return self._ctx.timeout_ns
+
+    @timeout_ns.setter
+    def timeout_ns(self, value: int) -> None:
+        self._ctx.timeout_ns = int(value)
 
     @property
     def segment(self) -> Segment:
@@ -142,22 +162,54 @@ class Producer:
         Blocks while the ring is full, up to the producer's timeout, then raises
         AsapoRingFullError. Returns the message id (assigned when auto_id=True).
         """
-        stream_idx = self._streams.index(stream)
-        id = self.next_id(stream) if auto_id else _check_id(id)
-        substream, size = _check_dataset(dataset)
-        buf = _readable_buffer(data)
-        meta_b = encode_meta(meta)
-        name_b = name.encode() if name else b""
-        rc = lib.ahrpy_send(self._segment.ptr, self._member, buf, len(buf), id, stream_idx, 0,
-                            substream, size, name_b, len(name_b), meta_b, len(meta_b),
-                            self.timeout_ns)
-        if rc < 0:
+        stream_idx = self._stream_index.get(stream)
+        if stream_idx is None:
+            stream_idx = self._streams.index(stream)
+        if auto_id:
+            id = self.next_id(stream)
+        elif type(id) is not int or id <= 0:
+            id = _check_id(id)
+        buf = data if type(data) is bytes else _readable_buffer(data)  # bytes go in as is
+        meta_b = b"" if meta is None else encode_meta(meta)
+        if self._copy_pool is not None and len(buf) >= PARALLEL_COPY_MIN:
+            rc = self._send_parallel(id, buf, meta_b, stream, dataset, name)
+        elif dataset is None and not name:
+            rc = lib.ahrpy_send_plain(self._ctx, buf, len(buf), id, stream_idx, meta_b,
+                                      len(meta_b))
+        else:
+            substream, size = _check_dataset(dataset)
+            name_b = name.encode()
+            rc = lib.ahrpy_send(self._ptr, self._member, buf, len(buf), id, stream_idx, 0,
+                                substream, size, name_b, len(name_b), meta_b, len(meta_b),
+                                self.timeout_ns)
+        if rc:
             check(rc, f"send of message {id} ({len(buf)} bytes) to stream {stream!r}: "
                       f"the ring holds {self._segment.config['slot_count']} slots of "
                       f"{self._segment.config['slot_size']} bytes")
         if callback is not None:
             callback({"id": id, "stream": stream, "size": len(buf)}, None)
         return id
+
+    def _send_parallel(self, id: int, buf: Any, meta_b: bytes, stream: str,
+                       dataset: tuple[int, int] | None, name: str) -> int:
+        """reserve, copy in copy_threads page-aligned pieces at once, commit. Returns 0."""
+        name_b = name.encode()
+        res = self.reserve(len(buf), meta_capacity=len(meta_b) + len(name_b))
+        raw = buf if isinstance(buf, ffi.CData) else ffi.from_buffer(buf)
+        src = np.frombuffer(ffi.buffer(raw), dtype=np.uint8)
+        dst = res.data
+        step = -(-len(src) // self._copy_threads // 4096) * 4096
+        pieces = [(dst[a:a + step], src[a:a + step]) for a in range(0, len(src), step)]
+        try:
+            futures = [self._copy_pool.submit(np.copyto, d, s) for d, s in pieces[1:]]
+            np.copyto(*pieces[0])  # numpy releases the GIL: the pieces copy in parallel
+            for future in futures:
+                future.result()
+        except BaseException:
+            res.abort()
+            raise
+        res.commit(id, meta_b or None, stream=stream, dataset=dataset, name=name)
+        return 0
 
     def send_batch(self, first_id: int, data: np.ndarray, *,
                    stream: str = DEFAULT_STREAM) -> int:
@@ -211,6 +263,8 @@ class Producer:
         return self._segment.ring_stats()
 
     def close(self) -> None:
+        if self._copy_pool is not None:
+            self._copy_pool.shutdown()
         if not self._segment.closed:
             self._segment.leave(self._member)
             self._segment.close()

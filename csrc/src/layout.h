@@ -64,9 +64,10 @@ struct seg_header {
     _Atomic uint32_t published_count;   /* futex word: bumped on every commit */
     _Atomic uint32_t consumer_waiters;
     uint8_t pad3[AHR_CACHELINE - 8];
-    _Atomic uint32_t reclaim_epoch;     /* futex word: bumped when a floor moves */
+    _Atomic uint32_t reclaim_epoch;     /* futex word: bumped to wake waiting producers */
     _Atomic uint32_t producer_waiters;
-    uint8_t pad4[AHR_CACHELINE - 8];
+    _Atomic uint64_t space_wanted;      /* lowest floor a waiting producer asked for */
+    uint8_t pad4[AHR_CACHELINE - 16];
     _Atomic uint64_t table_lock;        /* group/stream registration: owner tag or 0 */
 };
 

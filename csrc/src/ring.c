@@ -507,6 +507,7 @@ int ahr_create(const char *name, const struct ahr_config *cfg, const char *const
     h->segment_size = l.total;
     h->config = *cfg;
     h->created_realtime_ns = real_ns();
+    atomic_init(&h->space_wanted, UINT64_MAX);
     h->checksum = header_checksum(h) ^ AHR_MAGIC; /* the magic is not yet in place */
     /* The magic goes in last: attachers wait for it (pairs with load in ahr_attach). */
     __atomic_store_n(&h->magic, AHR_MAGIC, __ATOMIC_RELEASE);
@@ -616,6 +617,20 @@ static uint64_t min_floor(const struct ahr_ring *r, uint32_t exclude)
     return m == UINT64_MAX ? load_acquire(&r->hdr->head) : m;
 }
 
+/* After a floor moved: wake waiting producers if they got the space they asked for. */
+static void wake_producers(struct ahr_ring *r)
+{
+    struct seg_header *h = r->hdr;
+    atomic_thread_fence(memory_order_seq_cst); /* pairs with wait_reclaimed's re-check */
+    if (!atomic_load_explicit(&h->producer_waiters, memory_order_seq_cst))
+        return;
+    if (min_floor(r, UINT32_MAX) < load_acquire(&h->space_wanted))
+        return;
+    store_release(&h->space_wanted, UINT64_MAX);
+    atomic_fetch_add_explicit(&h->reclaim_epoch, 1, memory_order_seq_cst);
+    futex_wake_all(&h->reclaim_epoch);
+}
+
 static int find_group(const struct ahr_ring *r, const char *name, uint32_t filter)
 {
     for (uint32_t i = 0; i < r->cfg.max_groups; i++) {
@@ -689,8 +704,8 @@ int ahr_group_retire(struct ahr_ring *r, uint32_t handle)
         fetch_add_relaxed(&g->gen, 1);
         store_release(&g->state, GROUP_UNUSED); /* pairs with load_acquire in min_floor */
         /* the producer may be waiting on this group's floor */
-        atomic_fetch_add_explicit(&r->hdr->reclaim_epoch, 1, memory_order_seq_cst);
-        futex_wake_all(&r->hdr->reclaim_epoch);
+        store_release(&r->hdr->space_wanted, 0);
+        wake_producers(r);
     }
     unlock_tables(r);
     return 0;
@@ -814,30 +829,51 @@ static void publish_notify(struct ahr_ring *r, uint64_t seq)
         futex_wake_all(&h->published_count);
 }
 
-/* Sleep until the reclaim epoch moves or ns pass. */
-static void wait_reclaimed(struct ahr_ring *r, uint32_t epoch, uint64_t ns)
+/* Ask for the floor to reach `wanted` (an atomic minimum over waiting producers). */
+static void want_space(struct ahr_ring *r, uint64_t wanted)
+{
+    uint64_t cur = load_relaxed(&r->hdr->space_wanted);
+    while (wanted < cur && !cas_acq_rel(&r->hdr->space_wanted, &cur, wanted))
+        ;
+}
+
+/* Sleep until a consumer wakes us (the floor reached what we asked for) or ns pass. */
+static void wait_reclaimed(struct ahr_ring *r, uint32_t epoch, uint64_t end, uint64_t ns)
 {
     struct seg_header *h = r->hdr;
     atomic_fetch_add_explicit(&h->producer_waiters, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&h->reclaim_epoch, memory_order_seq_cst) == epoch)
+    /* re-check after announcing: pairs with the fence in wake_producers */
+    if (end > min_floor(r, UINT32_MAX) + r->cfg.slot_count)
         futex_wait(&h->reclaim_epoch, epoch, ns);
     atomic_fetch_sub_explicit(&h->producer_waiters, 1, memory_order_seq_cst);
 }
 
-/* Wait until the sequences below `end` are free (end <= min floor + N). */
+/* Wait until the sequences below `end` are free (end <= min floor + N): a bounded spin,
+ * then futex sleeps. To wake less often, a sleeper asks for some slots more than it needs
+ * (up to N/8); consumers wake it once that much is free. */
 static int wait_for_space(struct ahr_ring *r, uint64_t end, uint64_t deadline)
 {
-    for (;;) {
+    uint64_t n = r->cfg.slot_count;
+    uint64_t need_floor = end - n;
+    uint64_t head = load_relaxed(&r->hdr->head);
+    uint64_t slack = n / 8;
+    if (need_floor + slack > head) /* never ask for more than can be consumed */
+        slack = head > need_floor ? head - need_floor : 0;
+    for (uint32_t spins = 0;; spins++) {
         uint32_t epoch = atomic_load_explicit(&r->hdr->reclaim_epoch, memory_order_seq_cst);
         uint64_t floor = min_floor(r, UINT32_MAX);
         store_relaxed(&r->cached_floor, floor);
-        if (end <= floor + r->cfg.slot_count)
+        if (end <= floor + n)
             return 0;
+        if (spins < SPIN_LIMIT) {
+            cpu_relax();
+            continue;
+        }
         uint64_t now = mono_ns();
         if (now >= deadline)
             return -ENOSPC;
-        uint64_t wait = deadline - now < SLICE_NS ? deadline - now : SLICE_NS;
-        wait_reclaimed(r, epoch, wait);
+        want_space(r, need_floor + slack);
+        wait_reclaimed(r, epoch, end, deadline - now < SLICE_NS ? deadline - now : SLICE_NS);
     }
 }
 
@@ -1092,12 +1128,8 @@ static void advance_floor(struct ahr_ring *r, uint32_t gi)
         if (cas_acq_rel(&g->floor, &f, f + span))
             moved = 1;
     }
-    if (!moved)
-        return;
-    struct seg_header *h = r->hdr;
-    atomic_fetch_add_explicit(&h->reclaim_epoch, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&h->producer_waiters, memory_order_seq_cst))
-        futex_wake_all(&h->reclaim_epoch);
+    if (moved)
+        wake_producers(r);
 }
 
 /* Claim the message at the group's `next`, skipping tombstones. -EAGAIN when none is
@@ -1412,6 +1444,34 @@ int ahr_ack_batch(struct ahr_ring *r, uint32_t group, uint32_t m, const uint64_t
     fetch_add_relaxed(&r->groups[gi].acked, done);
     advance_floor(r, gi);
     return (int)done;
+}
+
+int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t stream,
+                   uint64_t id, uint64_t *seq)
+{
+    int gi = group_index(r, group);
+    if (gi < 0)
+        return gi;
+    if (check_member(r, m) || !seq)
+        return -EINVAL;
+    const struct seg_group *g = &r->groups[gi];
+    uint64_t f = load_acquire(&g->floor), nx = load_acquire(&g->next);
+    if (nx < f || nx - f > r->cfg.slot_count)
+        return -EBADMSG;
+    for (uint64_t s = f; s < nx;) {
+        const struct seg_desc *d = &r->descs[s & r->mask];
+        uint64_t ss = load_acquire(&d->seqstate);
+        uint32_t span = desc_span(r, d, ss);
+        if (ss_seq(ss) != s || span == 0)
+            return -ENOENT; /* the window moved: it is no longer held */
+        if (ss_state(ss) == DESC_PUBLISHED && d->id == id && d->stream == stream &&
+            own_claim(r, (uint32_t)gi, m, s, CLAIM_TAKEN)) {
+            *seq = s;
+            return 0;
+        }
+        s += span;
+    }
+    return -ENOENT;
 }
 
 int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint64_t delay_ns)

@@ -235,6 +235,11 @@ int ahr_ack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq
 int ahr_ack_batch(struct ahr_ring *ring, uint32_t group, uint32_t member,
                   const uint64_t *seqs, uint32_t n);
 
+/* Find the sequence of message (stream, id) that `member` holds for `group` (the
+ * group's unacknowledged window is searched). -ENOENT if this member does not hold it. */
+int ahr_find_claim(const struct ahr_ring *ring, uint32_t group, uint32_t member,
+                   uint32_t stream, uint64_t id, uint64_t *seq);
+
 /* Negative acknowledgement: redeliver after delay_ns to any member of the group. */
 int ahr_nack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq,
              uint64_t delay_ns);

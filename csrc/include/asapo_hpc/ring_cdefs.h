@@ -105,6 +105,7 @@ int ahr_get_next(struct ahr_ring *ring, uint32_t group, uint32_t member, int64_t
 int ahr_get_next_batch(struct ahr_ring *ring, uint32_t group, uint32_t member, uint32_t n, int64_t timeout_ns, struct ahr_msg *out);
 int ahr_ack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq);
 int ahr_ack_batch(struct ahr_ring *ring, uint32_t group, uint32_t member, const uint64_t *seqs, uint32_t n);
+int ahr_find_claim(const struct ahr_ring *ring, uint32_t group, uint32_t member, uint32_t stream, uint64_t id, uint64_t *seq);
 int ahr_nack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq, uint64_t delay_ns);
 int ahr_read_last(const struct ahr_ring *ring, void *dst, uint64_t cap, struct ahr_msg *out);
 int ahr_read_by_id(const struct ahr_ring *ring, uint32_t stream, uint64_t id, void *dst, uint64_t cap, struct ahr_msg *out);
@@ -112,7 +113,16 @@ int ahr_read_tail(const struct ahr_ring *ring, const struct ahr_msg *msg, void *
 int ahr_group_stats(const struct ahr_ring *ring, uint32_t group, struct ahr_group_stats *out);
 int ahr_ring_stats(const struct ahr_ring *ring, struct ahr_ring_stats *out);
 
-/* Python-side shim (asapo_hpc/_core/_build.py): scalar arguments instead of a struct,
- * which cffi passes faster than it fills a struct's fields. */
+/* Python-side shim (asapo_hpc/_core/_build.py): fewer, scalar arguments, which cffi
+ * passes faster than it fills a struct's fields. Not part of the C API. */
+struct ahrpy_ctx {
+    struct ahr_ring *ring;
+    uint32_t member;
+    int64_t timeout_ns;
+};
+int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream, const char *meta, uint32_t meta_len);
+int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t timeout_ns, struct ahr_msg *out);
+int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq);
+int ahrpy_ack_msgs(const struct ahrpy_ctx *c, uint32_t group, const struct ahr_msg *msgs, uint32_t n);
 int ahrpy_send(struct ahr_ring *ring, uint32_t member, const void *data, uint64_t data_len, uint64_t id, uint32_t stream, uint32_t flags, uint32_t ds_substream, uint32_t ds_size, const char *name, uint32_t name_len, const char *meta, uint32_t meta_len, int64_t timeout_ns);
 int ahrpy_commit(struct ahr_ring *ring, const struct ahr_reservation *res, uint64_t data_len, uint64_t id, uint32_t stream, uint32_t flags, uint32_t ds_substream, uint32_t ds_size, const char *name, uint32_t name_len, const char *meta, uint32_t meta_len);
