@@ -7,6 +7,7 @@ The same dataclass drives TOML files, ``asapo-hpc config explain`` and the docs 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ FIELD_DOCS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+# Field annotation (a string: annotations are postponed) -> accepted Python types.
+_FIELD_TYPES = {"int": numbers.Integral, "float": numbers.Real}
+
 _SEGMENT_FIELDS = ("slot_count", "slot_size", "max_groups", "max_members", "max_streams",
                    "max_attempts", "lease_s")
 
@@ -106,11 +110,19 @@ class RingConfig:
     mode: int = 0o600
 
     def __post_init__(self) -> None:
+        if isinstance(self.groups, (str, bytes)):  # tuple("sink") would be 4 groups
+            raise AsapoWrongInputError(
+                f"RingConfig.groups={self.groups!r} is out of range: must be a list of names")
         object.__setattr__(self, "groups", tuple(self.groups))
         self.validate()
 
     def validate(self) -> None:
         """Raise AsapoWrongInputError naming the first setting out of range."""
+        for f in dataclasses.fields(self):  # types first: a TOML "1024" is not 1024
+            value, want = getattr(self, f.name), _FIELD_TYPES.get(f.type)
+            if want and (isinstance(value, bool) or not isinstance(value, want)):
+                raise AsapoWrongInputError(
+                    f"RingConfig.{f.name}={value!r} is out of range: must be of type {f.type}")
         checks = [
             ("slot_count", 2 <= self.slot_count <= 1 << 24
              and self.slot_count & (self.slot_count - 1) == 0, "a power of two, 2..2^24"),
@@ -124,13 +136,14 @@ class RingConfig:
             ("full_timeout_s", self.full_timeout_s >= 0, "not negative"),
             ("copy_threads", 1 <= self.copy_threads <= 64, "1..64"),
             ("groups", len(self.groups) <= self.max_groups, "at most max_groups names"),
+            ("mode", 0 <= self.mode <= 0o777, "permission bits, 0..0o777"),
         ]
         for name, ok, want in checks:
             if not ok:
                 raise AsapoWrongInputError(
                     f"RingConfig.{name}={getattr(self, name)!r} is out of range: must be {want}")
         for group in self.groups:
-            check_name(group, "group name", 47)
+            check_name(group, "group name", 40)  # as Consumer's group ids
         if len(set(self.groups)) != len(self.groups):
             raise AsapoWrongInputError(f"RingConfig.groups has duplicates: {self.groups}")
 

@@ -105,7 +105,16 @@ ERRNO_TO_ERROR: dict[int, type[AsapoError]] = {
 }
 
 
+# What to do, for the errors whose cure is not in the caller's own message.
+ERRNO_HINTS: dict[int, str] = {
+    _errno.ENOSPC: "; the ring stayed full for the producer's whole timeout: space is reused "
+                   "only after every durable consumer group acknowledged it, so start or speed "
+                   "up the consumers of the lagging group (see Consumer.group_stats), retire "
+                   "groups no longer wanted, or raise full_timeout_s or slot_count",
+}
+
+
 def error_for(code: int, message: str) -> AsapoError:
     """Build the exception for a negative errno ``code`` returned by the C core."""
     cls = ERRNO_TO_ERROR.get(-code, AsapoError)
-    return cls(f"{message} ({_errno.errorcode.get(-code, code)})")
+    return cls(f"{message}{ERRNO_HINTS.get(-code, '')} ({_errno.errorcode.get(-code, code)})")

@@ -47,10 +47,11 @@ def _producer(channel: dict) -> Any:
     return Producer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000)
 
 
-def _consumer(channel: dict) -> Any:
+def _consumer(channel: dict, auto_ack: bool = False) -> Any:
     from asapo_hpc.client import Consumer
 
-    return Consumer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000)
+    return Consumer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000,
+                    auto_ack=auto_ack)
 
 
 def send_produce(channel: dict, workload: Workload, start: Start) -> None:
@@ -93,16 +94,33 @@ def reserve_produce(channel: dict, workload: Workload, start: Start) -> None:
 def single_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
     consumer = _consumer(channel)
     get_next, ack, touch = consumer.get_next, consumer.acknowledge, workload.touch
-    as_frame = workload.is_frame  # frames as uint16 pixels; small messages as the raw bytes
+    as_frame = workload.is_frame  # frames as uint16 pixels; small messages as a memoryview
     start()
     msg = get_next(GROUP)
     first = now_ns()
-    checksum = touch(msg.array("<u2") if as_frame else msg.data)
+    checksum = touch(msg.array("<u2") if as_frame else msg.buffer)
     ack(GROUP, msg)
     for _ in range(workload.count - 1):
         msg = get_next(GROUP)
-        checksum += touch(msg.array("<u2") if as_frame else msg.data)
+        checksum += touch(msg.array("<u2") if as_frame else msg.buffer)
         ack(GROUP, msg)
+    last = now_ns()
+    consumer.close()
+    return ConsumerReport(first, last, workload.count, checksum)
+
+
+def autoack_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
+    """get_next only: asking for the next message acknowledges the previous one."""
+    consumer = _consumer(channel, auto_ack=True)
+    get_next, touch = consumer.get_next, workload.touch
+    as_frame = workload.is_frame
+    start()
+    msg = get_next(GROUP)
+    first = now_ns()
+    checksum = touch(msg.array("<u2") if as_frame else msg.buffer)
+    for _ in range(workload.count - 1):
+        msg = get_next(GROUP)
+        checksum += touch(msg.array("<u2") if as_frame else msg.buffer)
     last = now_ns()
     consumer.close()
     return ConsumerReport(first, last, workload.count, checksum)
@@ -119,7 +137,7 @@ def batch_consume(channel: dict, workload: Workload, start: Start) -> ConsumerRe
         batch = get_batch(GROUP, BATCH)
         if first is None:
             first = now_ns()
-        for data in batch.arrays(view):
+        for data in (batch.arrays(view) if workload.is_frame else batch.buffers()):
             checksum += touch(data)
         ack_batch(GROUP, batch)
         received += len(batch)
@@ -130,6 +148,9 @@ def batch_consume(channel: dict, workload: Workload, start: Start) -> ConsumerRe
 
 register_peer(Peer("asapo-ring", "asapo_hpc ring: send / get_next / acknowledge, one per call",
                    ring_setup, send_produce, single_consume, ring_teardown))
+register_peer(Peer("asapo-ring-autoack",
+                   "asapo_hpc ring: send / get_next with auto_ack (one call per message)",
+                   ring_setup, send_produce, autoack_consume, ring_teardown))
 register_peer(Peer("asapo-ring-batch",
                    f"asapo_hpc ring: send_batch / get_next_batch / acknowledge_batch ({BATCH})",
                    ring_setup, batch_produce, batch_consume, ring_teardown))

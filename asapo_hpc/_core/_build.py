@@ -36,6 +36,15 @@ static int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t tim
     return ahr_get_next(c->ring, group, c->member, timeout_ns, out);
 }
 
+/* get_next that first acknowledges the member's previous message of the group (`prev`,
+ * or UINT64_MAX for none): one crossing per message. *prev_rc gets the ack's result. */
+static int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev,
+                              int64_t timeout_ns, struct ahr_msg *out, int *prev_rc)
+{
+    *prev_rc = prev == UINT64_MAX ? 0 : ahr_ack(c->ring, group, c->member, prev);
+    return ahr_get_next(c->ring, group, c->member, timeout_ns, out);
+}
+
 static int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq)
 {
     return ahr_ack(c->ring, group, c->member, seq);

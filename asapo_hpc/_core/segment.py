@@ -4,11 +4,13 @@ np.frombuffer per message ~670 ns)."""
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 
 from asapo_hpc._core._ring import ffi, lib
 from asapo_hpc.config import RingConfig
-from asapo_hpc.errors import AsapoConfigMismatchError, error_for
+from asapo_hpc.errors import AsapoConfigMismatchError, AsapoCorruptSegmentError, error_for
 
 CONFIG_FIELDS = ("slot_count", "slot_size", "max_groups", "max_members", "max_streams",
                  "max_attempts")
@@ -27,6 +29,25 @@ def _c_config(config: RingConfig):
         setattr(c, name, getattr(config, name))
     c.lease_ns = int(config.lease_s * 1e9)
     return c
+
+
+def _attach_problem(rc: int, name: str) -> str:
+    """What a failed attach means, and what to do about it."""
+    if rc == -errno.ENOENT:
+        return "it does not exist (a producer creates it)"
+    if rc == -errno.EPROTO:
+        try:
+            with open(f"/dev/shm/{name}", "rb") as f:
+                version = int.from_bytes(f.read(12)[8:12], "little")
+        except OSError:
+            version = "?"
+        return (f"it has layout version {version}, this asapo_hpc reads version "
+                f"{lib.AHR_LAYOUT_VERSION}: it was made by another asapo_hpc version; use "
+                "that version, or unlink the segment once no process uses it")
+    if rc == -errno.EBADMSG:
+        return ("not a valid asapo_hpc ring (a foreign file, truncated, or a corrupt "
+                f"header); unlink /dev/shm/{name} once no process uses it")
+    return "the operating system refused"
 
 
 class Segment:
@@ -55,9 +76,10 @@ class Segment:
     @classmethod
     def attach(cls, name: str) -> Segment:
         out = ffi.new("struct ahr_ring **")
-        check(lib.ahr_attach(name.encode(), out),
-              f"cannot attach shared-memory segment {name!r} (missing, foreign, truncated "
-              "or corrupt; a producer creates it)")
+        rc = lib.ahr_attach(name.encode(), out)
+        if rc < 0:
+            raise error_for(rc, f"cannot attach shared-memory segment {name!r}: "
+                                f"{_attach_problem(rc, name)}")
         return cls(out[0], name)
 
     def _read_config(self) -> dict[str, object]:
@@ -100,7 +122,12 @@ class Segment:
     def stream_name(self, index: int) -> str:
         buf = ffi.new("char[128]")
         check(lib.ahr_stream_name(self.ptr, index, buf, 128), f"stream index {index}")
-        return ffi.string(buf).decode()
+        try:
+            return ffi.string(buf).decode()
+        except UnicodeDecodeError:
+            raise AsapoCorruptSegmentError(
+                f"segment {self.name!r}: the name of stream {index} is not UTF-8: the stream "
+                "table is corrupt") from None
 
     def group_stats(self, group: int) -> dict[str, int]:
         s = ffi.new("struct ahr_group_stats *")

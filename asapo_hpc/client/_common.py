@@ -10,6 +10,7 @@ from asapo_hpc._core import Segment
 from asapo_hpc.config import RingConfig, segment_name
 from asapo_hpc.errors import (
     AsapoConfigMismatchError,
+    AsapoCorruptSegmentError,
     AsapoUnavailableServiceError,
     AsapoWrongInputError,
 )
@@ -41,6 +42,8 @@ def open_segment(beamtime: str, data_source: str, config: RingConfig | None,
             pass
     try:
         segment = Segment.attach(name)
+    except AsapoCorruptSegmentError:  # there is a file, but not a usable ring: say so
+        raise
     except AsapoUnavailableServiceError as exc:
         raise AsapoUnavailableServiceError(
             f"no ring for beamtime {beamtime!r}, data source {data_source!r}: start a "

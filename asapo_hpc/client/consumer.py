@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 from typing import Any
@@ -17,6 +18,8 @@ from asapo_hpc.client.message import (
     NO_NEXT_STREAM,
     Message,
     MessageBatch,
+    OwnedMessage,
+    message_class,
 )
 from asapo_hpc.config import RingConfig, check_name
 from asapo_hpc.errors import (
@@ -29,6 +32,10 @@ from asapo_hpc.errors import (
 )
 
 _EAGAIN, _ENOENT, _ESTALE = -11, -2, -116
+_NO_SEQ = 2**64 - 1
+_new = object.__new__
+log = logging.getLogger("asapo_hpc.consumer")
+_NOT_CLAIMED = 0xFFFFFFFF  # group handle of get_last / get_by_id copies: no group has it
 _GROUP_ID_CHARS = string.ascii_lowercase + string.digits
 _FOREVER_NS = 10 * 365 * 24 * 3600 * 10**9  # "never resend": ten years
 
@@ -49,19 +56,32 @@ class Consumer:
     """
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
-                 create: bool = True, timeout_ms: int = 1000, batch_capacity: int = 256):
+                 create: bool = True, timeout_ms: int = 1000, batch_capacity: int = 256,
+                 auto_ack: bool = False):
         self._segment = open_segment(beamtime, data_source, config, create)
-        self._segment.view.flags.writeable = False  # consumers never write shared data
+        # Consumers never write shared data: a view of a read-only buffer, whose flag a
+        # user cannot switch back on (flags.writeable = False alone could be undone).
+        self._segment.view = np.frombuffer(memoryview(self._segment.view).toreadonly(),
+                                           dtype=np.uint8)
         self._member = self._segment.join(lib.AHR_ROLE_CONSUMER)
         self._streams = StreamTable(self._segment)
         self._groups: dict[tuple[str, str | None], int] = {}
+        self._msg_class: dict[int, type[Message]] = {}  # group handle -> its Message class
         self._ptr = self._segment.ptr
         self._view = self._segment.view
+        self._buffer = memoryview(self._view)  # read-only like the view
         self._ctx = ffi.new("struct ahrpy_ctx *")
         self._ctx.ring, self._ctx.member = self._ptr, self._member
         self._msg_buf = ffi.new("struct ahr_msg *")
         self._msg_bytes = memoryview(ffi.buffer(self._msg_buf))
         self._batch_capacity = int(batch_capacity)
+        # auto_ack: asking a group for more acknowledges what this member got from it last
+        # (ASAPO's default needs no acks). Still at-least-once: a member that dies while
+        # working on a message never asked for the next, so the message is redelivered.
+        self.auto_ack = bool(auto_ack)
+        self._held: dict[int, int] = {}  # group handle -> seq of the last get_next message
+        self._held_batch: dict[int, MessageBatch] = {}  # group handle -> last batch
+        self._prev_rc = ffi.new("int *")
         self._resend: tuple[int, int] | None = None
         self.timeout_ns = int(timeout_ms * 1e6)
         self.beamtime, self.data_source = beamtime, data_source
@@ -80,6 +100,7 @@ class Consumer:
                 check(lib.ahr_group_set_resend(self._segment.ptr, handle, *self._resend),
                       "set_resend_nacs")
             self._groups[key] = handle
+            self._msg_class[handle] = message_class(self, handle)
         return handle
 
     def _stream_name(self, idx: int) -> str:
@@ -108,14 +129,30 @@ class Consumer:
         if handle is None:
             handle = self._group(group_id, stream)
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
-        rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
+        if self.auto_ack:  # acknowledge what we hold from the group in the same C call
+            if self._held_batch:
+                self._ack_held(handle, single=False)
+            prev = self._held.pop(handle, _NO_SEQ)
+            rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, timeout, self._msg_buf,
+                                        self._prev_rc)
+            if self._prev_rc[0]:
+                self._warn_auto_ack(prev)
+        else:
+            rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
         if rc:
             return self._no_message(rc, group_id, stream)
-        f = MSG_FIELDS.unpack_from(self._msg_bytes)
-        msg = Message(f, self, handle, self._view[f[2]:f[2] + f[3]])
+        msg = _new(self._msg_class[handle])
+        f = msg._fields = MSG_FIELDS.unpack_from(self._msg_bytes)
         if f[9] & 1:  # a finish marker is acknowledged here and told as an error
             self._finish(msg, group_id, stream)
+        if self.auto_ack:
+            self._held[handle] = f[0]
         return msg
+
+    @staticmethod
+    def _warn_auto_ack(seq: int) -> None:
+        log.warning("auto_ack: message at ring position %d had been redelivered to another "
+                    "member (its lease expired) before it was acknowledged", seq)
 
     def get_next_batch(self, group_id: str, n: int, stream: str | None = None,
                        timeout_ms: int | None = None) -> MessageBatch:
@@ -129,6 +166,8 @@ class Consumer:
             handle = self._group(group_id, stream)
         n = max(1, min(int(n), self._batch_capacity))
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
+        if self.auto_ack:
+            self._ack_held(handle)
         buf = ffi.new("struct ahr_msg[]", n)  # owned by the batch: acks read it later
         got = lib.ahr_get_next_batch(self._ptr, handle, self._member, n, timeout, buf)
         if got < 0:
@@ -136,8 +175,19 @@ class Consumer:
         records = np.frombuffer(ffi.buffer(buf, got * MSG_SIZE), dtype=MSG_DTYPE)
         batch = MessageBatch(self, handle, buf, records)
         if records["flags"].any():  # a finish marker: rare, so the slow path
-            return self._batch_with_markers(batch, group_id, stream)
+            batch = self._batch_with_markers(batch, group_id, stream)
+        if self.auto_ack:
+            self._held_batch[handle] = batch
         return batch
+
+    def _ack_held(self, handle: int, single: bool = True) -> None:
+        """auto_ack: acknowledge the batch (and the single message) held from the group."""
+        batch = self._held_batch.pop(handle, None)
+        if batch is not None:
+            lib.ahrpy_ack_msgs(self._ctx, handle, batch._buf, len(batch))
+        prev = self._held.pop(handle, None) if single else None
+        if prev is not None and lib.ahrpy_ack(self._ctx, handle, prev) == _ESTALE:
+            self._warn_auto_ack(prev)
 
     def _batch_with_markers(self, batch: MessageBatch, group_id: str,
                             stream: str | None) -> MessageBatch:
@@ -195,10 +245,8 @@ class Consumer:
 
     def _claim_of(self, group_id: str, id: Any, stream: str | None) -> tuple[int, int]:
         """(group handle, ring sequence) of a message this consumer holds."""
-        if type(id) is Message:
-            return id._group, id._fields[0]
         if isinstance(id, Message):
-            return id._group, id.seq
+            return id._group, id._fields[0]
         stream_idx = self._streams.index(stream or "default")
         seq = ffi.new("uint64_t *")
         for (gid, gstream), handle in self._groups.items():
@@ -210,27 +258,39 @@ class Consumer:
             f"message id {id} of stream {stream or 'default'!r} is not held by this consumer "
             f"in group {group_id!r} (already acknowledged, or never delivered here)")
 
-    def _raise_ack(self, rc: int, seq: int) -> None:
+    def _raise_ack(self, rc: int, seq: int, msg: Any = None) -> None:
+        if isinstance(msg, Message) and msg._consumer is not self:
+            raise AsapoWrongInputError(
+                f"{msg!r} was delivered to another Consumer: acknowledge it with that one")
+        if isinstance(msg, Message) and msg._group == _NOT_CLAIMED:
+            raise AsapoWrongInputError(
+                f"{msg!r} is a copy from get_last / get_by_id and was not claimed: there is "
+                "nothing to acknowledge (get_next claims messages)")
         if rc == _ESTALE:
             raise AsapoLeaseExpiredError(
-                f"message at ring position {seq} was not acknowledged in time (its lease "
-                "expired or this member was presumed dead) and went to another member; "
-                "raise the lease with set_resend_nacs or the segment's lease_s")
+                f"message at ring position {seq} is no longer held by this member: it was "
+                "already acknowledged, or it was not acknowledged in time (its lease expired "
+                "or this member was presumed dead) and went to another member; raise the "
+                "lease with set_resend_nacs or the segment's lease_s")
         raise error_for(rc, "acknowledge")
 
     def acknowledge(self, group_id: str, id: int | Message, stream: str | None = None) -> None:
         """Acknowledge message `id` (or a Message) for the group; its slot may then be reused."""
-        if type(id) is Message:  # the common case, kept short
+        if isinstance(id, Message):  # the common case, kept short
             handle, seq = id._group, id._fields[0]
         else:
             handle, seq = self._claim_of(group_id, id, stream)
+        if self._held and self._held.get(handle) == seq:
+            del self._held[handle]
         rc = lib.ahrpy_ack(self._ctx, handle, seq)
         if rc:
-            self._raise_ack(rc, seq)
+            self._raise_ack(rc, seq, id)
 
     def acknowledge_batch(self, group_id: str, messages: MessageBatch | list[Message]) -> int:
         """Acknowledge several messages in one call; returns how many were still ours."""
         if isinstance(messages, MessageBatch):
+            if self._held_batch.get(messages._group) is messages:
+                del self._held_batch[messages._group]
             done = lib.ahrpy_ack_msgs(self._ctx, messages._group, messages._buf,
                                       len(messages))
             return check(done, "acknowledge_batch")
@@ -247,9 +307,11 @@ class Consumer:
                         stream: str | None = None) -> None:
         """Give the message back to the group: redelivered after delay_ms (to any member)."""
         handle, seq = self._claim_of(group_id, id, stream)
+        if self._held.get(handle) == seq:
+            del self._held[handle]
         rc = lib.ahr_nack(self._ptr, handle, self._member, seq, int(delay_ms * 1e6))
         if rc < 0:
-            self._raise_ack(rc, seq)
+            self._raise_ack(rc, seq, id)
 
     # -- latest-value reads ------------------------------------------------------------------
 
@@ -262,6 +324,9 @@ class Consumer:
         rc = lib.ahr_read_last(self._segment.ptr, ffi.from_buffer(dst), cap, out)
         if rc == _EAGAIN:
             raise AsapoNoDataError("nothing published yet")
+        if rc == _ESTALE:  # the C core already retried: a producer laps us, or damage
+            raise AsapoNoDataError("the newest messages were overwritten while being read; "
+                                   "try again (or read through a consumer group)")
         check(rc, "get_last")
         return self._copied(out, dst)
 
@@ -284,7 +349,7 @@ class Consumer:
         if rc == _ESTALE:
             raise AsapoNoDataError("message was overwritten while reading; try again")
         check(rc, "read metadata")
-        return Message(fields, self, -1, dst[:fields[3]],
+        return OwnedMessage(fields, self, _NOT_CLAIMED, dst[:fields[3]],
                        ffi.buffer(tail, fields[6] + fields[7])[:])
 
     # -- state ------------------------------------------------------------------------------
@@ -297,8 +362,11 @@ class Consumer:
         return self._segment
 
     def close(self) -> None:
-        """Leave the segment; messages still held go to other members of their groups."""
+        """Leave the segment; messages still held go to other members of their groups
+        (with auto_ack, the last message of each group counts as done and is acknowledged)."""
         if not self._segment.closed:
+            for handle in list(self._held) + list(self._held_batch):
+                self._ack_held(handle)
             self._segment.leave(self._member)
             self._segment.close()
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asapo_hpc.errors import AsapoCorruptSegmentError
+
 if TYPE_CHECKING:
     from asapo_hpc.client.consumer import Consumer
 
@@ -29,22 +31,20 @@ NO_NEXT_STREAM = "asapo_no_next"
 class Message:
     """One delivered message.
 
-    ``data`` is a numpy uint8 view straight into the shared segment: no copy was made.
-    It stays valid until the message is acknowledged (or negatively acknowledged); call
-    ``copy()`` to keep the bytes longer. ``meta`` is decoded from JSON on first use.
-    Unpacks like ASAPO's ``(data, meta)`` pair: ``data, meta = consumer.get_next(...)``.
+    ``data`` is a numpy uint8 view straight into the shared segment, ``buffer`` a read-only
+    memoryview of the same bytes (cheaper for byte-level access): no copy is made, and both
+    stay valid until the message is acknowledged (or negatively acknowledged). Each access
+    makes a new view, so keep it in a local; ``copy()`` keeps the bytes longer. ``meta``
+    is decoded from JSON on first use. Unpacks like ASAPO's ``(data, meta)`` pair:
+    ``data, meta = consumer.get_next(...)``.
     """
 
-    __slots__ = ("_fields", "_consumer", "_group", "_meta", "_data", "_tail")
-
-    def __init__(self, fields: tuple, consumer: Consumer, group: int, data: np.ndarray,
-                 tail: bytes | None = None):
-        self._fields = fields
-        self._consumer = consumer
-        self._group = group
-        self._data = data
-        self._meta = None
-        self._tail = tail
+    # One instance attribute is set when a message is made (object.__new__ + _fields:
+    # ~100 ns); _meta and _tail are filled on first use. The consumer and group are class
+    # attributes of the per-group subclass made by message_class().
+    __slots__ = ("_fields", "_meta", "_tail")
+    _consumer: Consumer
+    _group: int
 
     # struct ahr_msg: seq, id, data_offset, data_len, name_offset, timestamp_ns,
     #                 name_len, meta_len, stream, flags, ds_substream, ds_size, attempts, span
@@ -83,26 +83,50 @@ class Message:
 
     @property
     def data(self) -> np.ndarray:
-        return self._data
+        """The bytes as a numpy uint8 array: a view into shared memory, no copy."""
+        f = self._fields
+        return self._consumer._view[f[2]:f[2] + f[3]]
+
+    @property
+    def buffer(self) -> memoryview:
+        """The bytes as a read-only memoryview into shared memory, no copy: cheaper than
+        ``data`` for byte-level access (pyzmq's ``Frame.buffer``)."""
+        f = self._fields
+        return self._consumer._buffer[f[2]:f[2] + f[3]]
 
     def _tail_bytes(self) -> bytes:
-        if self._tail is None:
-            view = self._consumer._view
-            off = self._fields[4]
-            self._tail = view[off:off + self._fields[6] + self._fields[7]].tobytes()
-        return self._tail
+        try:
+            return self._tail
+        except AttributeError:
+            f = self._fields
+            self._tail = self._consumer._view[f[4]:f[4] + f[6] + f[7]].tobytes()
+            return self._tail
 
     @property
     def name(self) -> str:
         """The exposed file name (ASAPO's ``name``)."""
-        return self._tail_bytes()[:self._fields[6]].decode()
+        try:
+            return self._tail_bytes()[:self._fields[6]].decode()
+        except UnicodeDecodeError as exc:
+            raise self._bad_tail("name is not UTF-8", exc) from None
 
     @property
     def meta(self) -> dict[str, Any]:
-        if self._meta is None:
+        try:
+            return self._meta
+        except AttributeError:
             raw = self._tail_bytes()[self._fields[6]:]
-            self._meta = json.loads(raw) if raw else {}
-        return self._meta
+            try:
+                self._meta = json.loads(raw) if raw else {}
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                raise self._bad_tail("metadata is not UTF-8 JSON", exc) from None
+            return self._meta
+
+    def _bad_tail(self, what: str, exc: Exception) -> AsapoCorruptSegmentError:
+        # Python producers check their JSON, so: a C producer wrote it, or memory was damaged
+        return AsapoCorruptSegmentError(
+            f"message {self.id} (ring position {self.seq}): {what} ({exc}); a producer wrote "
+            "bad bytes or the segment is corrupt: data and id remain usable")
 
     @property
     def stream(self) -> str:
@@ -115,8 +139,8 @@ class Message:
 
     def copy(self) -> Message:
         """A detached message owning a copy of data and metadata."""
-        return Message(self._fields, self._consumer, self._group, self.data.copy(),
-                       self._tail_bytes())
+        return OwnedMessage(self._fields, self._consumer, self._group, self.data.copy(),
+                            self._tail_bytes())
 
     def record(self) -> dict[str, Any]:
         """ASAPO's message record fields for this message."""
@@ -133,6 +157,34 @@ class Message:
     def __repr__(self) -> str:
         return (f"Message(id={self.id}, seq={self.seq}, size={self.size}, "
                 f"attempts={self.attempts})")
+
+
+def message_class(consumer: Consumer, group: int) -> type[Message]:
+    """The Message subclass for one group of one consumer (made once per group)."""
+    return type("Message", (Message,), {"__slots__": (), "_consumer": consumer,
+                                        "_group": group})
+
+
+class OwnedMessage(Message):
+    """A message owning copies of its bytes (``copy()``, ``get_last``, ``get_by_id``)."""
+
+    __slots__ = ("_data", "_consumer", "_group")
+
+    def __init__(self, fields: tuple, consumer: Consumer, group: int, data: np.ndarray,
+                 tail: bytes):
+        self._fields = fields
+        self._consumer = consumer
+        self._group = group
+        self._data = data
+        self._tail = tail
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @property
+    def buffer(self) -> memoryview:
+        return memoryview(self._data)
 
 
 class MessageBatch(Sequence):
@@ -163,29 +215,37 @@ class MessageBatch(Sequence):
             i += n
         if not 0 <= i < n:
             raise IndexError("batch index out of range")
-        f = MSG_FIELDS.unpack_from(self._records, i * MSG_SIZE)
-        view = self._consumer._view
-        return Message(f, self._consumer, self._group, view[f[2]:f[2] + f[3]])
+        msg = object.__new__(self._consumer._msg_class[self._group])
+        msg._fields = MSG_FIELDS.unpack_from(self._records, i * MSG_SIZE)
+        return msg
 
     def __iter__(self):
-        unpack, view, consumer, group = MSG_FIELDS.unpack_from, self._consumer._view, \
-            self._consumer, self._group
+        unpack, new = MSG_FIELDS.unpack_from, object.__new__
+        cls = self._consumer._msg_class[self._group]
         records = self._records
         for i in range(len(records)):
-            f = unpack(records, i * MSG_SIZE)
-            yield Message(f, consumer, group, view[f[2]:f[2] + f[3]])
+            msg = new(cls)
+            msg._fields = unpack(records, i * MSG_SIZE)
+            yield msg
 
     @property
     def ids(self) -> list[int]:
         return self._records["id"].tolist()
 
+    def _spans(self) -> zip:
+        starts = self._records["data_offset"]
+        return zip(starts.tolist(), (starts + self._records["data_len"]).tolist(), strict=True)
+
+    def buffers(self) -> list[memoryview]:
+        """Each message's bytes as a read-only memoryview into shared memory, no copy."""
+        buffer = self._consumer._buffer
+        return [buffer[a:b] for a, b in self._spans()]
+
     def arrays(self, dtype: Any = np.uint8, shape: tuple[int, ...] | None = None
                ) -> list[np.ndarray]:
         """Each message's data as a view of `dtype` (and `shape`), without a copy."""
         view = self._consumer._view
-        offsets = self._records["data_offset"].tolist()
-        ends = (self._records["data_offset"] + self._records["data_len"]).tolist()
-        out = [view[a:b] for a, b in zip(offsets, ends, strict=True)]
+        out = [view[a:b] for a, b in self._spans()]
         if np.dtype(dtype) != np.uint8:
             out = [a.view(dtype) for a in out]
         if shape is not None:

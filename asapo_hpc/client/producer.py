@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ from asapo_hpc.client._common import (
 )
 from asapo_hpc.client.message import FINISH_NAME, NO_NEXT_STREAM
 from asapo_hpc.config import RingConfig
-from asapo_hpc.errors import AsapoRingFullError, AsapoWrongInputError
+from asapo_hpc.errors import ERRNO_HINTS, AsapoRingFullError, AsapoWrongInputError
 
 DEFAULT_META_CAPACITY = 4096
 PARALLEL_COPY_MIN = 4 << 20  # below this a second thread costs more than it saves
@@ -185,7 +186,9 @@ class Producer:
         if rc:
             check(rc, f"send of message {id} ({len(buf)} bytes) to stream {stream!r}: "
                       f"the ring holds {self._segment.config['slot_count']} slots of "
-                      f"{self._segment.config['slot_size']} bytes")
+                      f"{self._segment.config['slot_size']} bytes; when it stays full, a "
+                      "durable group is behind: its members must acknowledge what they "
+                      "processed (or use Consumer(auto_ack=True)), or be started")
         if callback is not None:
             callback({"id": id, "stream": stream, "size": len(buf)}, None)
         return id
@@ -226,8 +229,9 @@ class Producer:
         check(done, f"send_batch of {n} messages of {each} bytes")
         if done < n:
             raise AsapoRingFullError(
-                f"send_batch: the ring stayed full; {done} of {n} messages were published "
-                f"(ids {first_id}..{first_id + done - 1})")
+                f"send_batch: {done} of {n} messages were published (ids {first_id}.."
+                f"{first_id + done - 1}); send the rest from id {first_id + done}"
+                f"{ERRNO_HINTS[errno.ENOSPC]}")
         return done
 
     def reserve(self, nbytes: int, *, meta_capacity: int = DEFAULT_META_CAPACITY) -> Reservation:
@@ -237,7 +241,10 @@ class Producer:
         res = ffi.new("struct ahr_reservation *")
         rc = lib.ahr_reserve(self._segment.ptr, self._member, int(nbytes), int(meta_capacity),
                              self.timeout_ns, res)
-        check(rc, f"reserve of {nbytes} bytes")
+        if rc:
+            check(rc, f"reserve of {nbytes} bytes + meta_capacity {meta_capacity}: the ring "
+                      f"holds {self._segment.config['slot_count']} slots of "
+                      f"{self._segment.config['slot_size']} bytes")
         start = res.data_offset
         return Reservation(self, res, self._segment.view[start:start + int(nbytes)])
 

@@ -59,8 +59,7 @@ struct seg_header {
     _Atomic uint64_t head;              /* next sequence to reserve */
     uint8_t pad1[AHR_CACHELINE - 8];
     _Atomic uint64_t last_published;    /* sequence + 1 of the newest commit, 0 none */
-    _Atomic uint64_t published_total;
-    uint8_t pad2[AHR_CACHELINE - 16];
+    uint8_t pad2[AHR_CACHELINE - 8];
     _Atomic uint32_t published_count;   /* futex word: bumped on every commit */
     _Atomic uint32_t consumer_waiters;
     uint8_t pad3[AHR_CACHELINE - 8];
@@ -105,8 +104,10 @@ struct seg_desc {
     uint64_t id;
     uint64_t data_len;
     uint64_t timestamp_ns;
-    uint32_t span;
-    uint32_t owner;                 /* member gen << 12 | member index */
+    /* atomic (accessed relaxed): written before the reserving CAS on seqstate, and read
+     * seqlock-style by scanners that may race with the next lap's reservation */
+    _Atomic uint32_t span;
+    _Atomic uint32_t owner;         /* member gen << 12 | member index */
     uint32_t stream;
     uint32_t meta_len;
     uint32_t name_len;

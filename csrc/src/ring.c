@@ -24,7 +24,7 @@
 
 #include "layout.h"
 
-#define SPIN_LIMIT 256u                 /* polls before sleeping on a futex */
+#define SPIN_NS 50000ull                /* a waiter polls this long before sleeping */
 #define SLICE_NS 50000000ull            /* a sleeper wakes this often to look for the dead */
 #define SCAN_INTERVAL_NS 100000000ull   /* busy members look for expired leases this often */
 #define ATTACH_WAIT_NS 1000000000ull    /* how long attach waits for a creator to finish */
@@ -46,6 +46,7 @@ struct ahr_ring {
     uint64_t slots_offset;
     _Atomic uint64_t cached_floor;  /* producer's last min_floor, only ever too low */
     _Atomic uint64_t next_scan_ns;  /* when a busy consumer next looks for expired leases */
+    _Atomic uint64_t polls;         /* consumer polls, to read the clock only now and then */
 };
 
 struct layout {
@@ -82,6 +83,24 @@ static void cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* One step of a bounded wait before sleeping: 64 pause-spins (a handoff between two
+ * cores costs no syscall), then polls with sched_yield (a peer sharing our core gets to
+ * run) until SPIN_NS have passed since the first step; then 0: time to sleep. */
+static int spinning(uint64_t *until, uint32_t step)
+{
+    if (step < 64) {
+        cpu_relax();
+        return 1;
+    }
+    uint64_t now = mono_ns();
+    if (step == 64)
+        *until = now + SPIN_NS;
+    else if (now >= *until)
+        return 0;
+    sched_yield();
+    return 1;
 }
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t ns)
@@ -249,6 +268,7 @@ static void bind_layout(struct ahr_ring *r, uint8_t *base, uint64_t size,
     r->slots_offset = l->slots;
     atomic_init(&r->cached_floor, 0);
     atomic_init(&r->next_scan_ns, 0);
+    atomic_init(&r->polls, 0);
 }
 
 /* ---------------------------------------------------------------- claims and tags */
@@ -303,7 +323,7 @@ static uint32_t desc_span(const struct ahr_ring *r, const struct seg_desc *d, ui
 {
     if (ss_state(ss) == DESC_TOMB1)
         return 1;
-    uint32_t span = d->span;
+    uint32_t span = load_relaxed(&d->span); /* atomic: see layout.h */
     uint64_t slot = ss_seq(ss) & r->mask;
     if (span == 0 || slot + span > r->cfg.slot_count)
         return 0;
@@ -658,6 +678,17 @@ static int add_group(struct ahr_ring *r, const char *name, uint32_t filter)
         store_relaxed(&g->lease_ns, r->cfg.lease_ns);
         store_relaxed(&g->max_attempts, r->cfg.max_attempts);
         store_relaxed(&g->nacked, 0);
+        /* A reused entry: the retired group's claims would read as this group's (a claim
+         * of the same lap taken or acknowledged: the message skipped), and its counters
+         * would be added to this group's. Published by the seq_cst state store below. */
+        for (uint64_t k = 0; k < r->cfg.slot_count; k++) {
+            store_relaxed(&r->claims[(uint64_t)i * r->cfg.slot_count + k].tag, 0);
+            store_relaxed(&r->claims[(uint64_t)i * r->cfg.slot_count + k].lease, 0);
+        }
+        store_relaxed(&g->delivered, 0);
+        store_relaxed(&g->acked, 0);
+        store_relaxed(&g->redelivered, 0);
+        store_relaxed(&g->deadlettered, 0);
         uint64_t start = min_floor(r, i);
         store_relaxed(&g->floor, start);
         store_relaxed(&g->next, start);
@@ -822,7 +853,6 @@ static void publish_notify(struct ahr_ring *r, uint64_t seq)
     uint64_t cur = load_relaxed(&h->last_published);
     while (cur < seq + 1 && !cas_acq_rel(&h->last_published, &cur, seq + 1))
         ;
-    fetch_add_relaxed(&h->published_total, 1);
     /* seq_cst pairs with wait_published: a sleeper either sees the new count or is seen */
     atomic_fetch_add_explicit(&h->published_count, 1, memory_order_seq_cst);
     if (atomic_load_explicit(&h->consumer_waiters, memory_order_seq_cst))
@@ -859,16 +889,17 @@ static int wait_for_space(struct ahr_ring *r, uint64_t end, uint64_t deadline)
     uint64_t slack = n / 8;
     if (need_floor + slack > head) /* never ask for more than can be consumed */
         slack = head > need_floor ? head - need_floor : 0;
+    uint64_t spin_until = 0;
     for (uint32_t spins = 0;; spins++) {
         uint32_t epoch = atomic_load_explicit(&r->hdr->reclaim_epoch, memory_order_seq_cst);
         uint64_t floor = min_floor(r, UINT32_MAX);
-        store_relaxed(&r->cached_floor, floor);
+        /* release: another thread of this process that reuses slots on the strength of
+         * this cached floor must also see the consumers' reads as finished */
+        store_release(&r->cached_floor, floor);
         if (end <= floor + n)
             return 0;
-        if (spins < SPIN_LIMIT) {
-            cpu_relax();
+        if (spinning(&spin_until, spins)) /* even with no timeout: at most SPIN_NS */
             continue;
-        }
         uint64_t now = mono_ns();
         if (now >= deadline)
             return -ENOSPC;
@@ -885,8 +916,8 @@ static int mark_reserved(struct ahr_ring *r, uint64_t s, uint32_t span, uint32_t
     uint64_t old = load_acquire(&d->seqstate);
     if (!desc_stale(old, s))
         return -ESTALE;
-    d->span = span;
-    d->owner = owner;
+    store_relaxed(&d->span, span); /* atomic: scanners may read them meanwhile */
+    store_relaxed(&d->owner, owner);
     /* pairs with load_acquire of seqstate in take_new / recover_stuck */
     return cas_acq_rel(&d->seqstate, &old, s << 4 | state) ? 0 : -ESTALE;
 }
@@ -912,7 +943,7 @@ static int take_sequences(struct ahr_ring *r, struct seg_member *me, uint32_t k,
         uint64_t slot = h & r->mask;
         *pad = slot + k > n ? (uint32_t)(n - slot) : 0;
         uint64_t end = h + *pad + k;
-        if (end > load_relaxed(&r->cached_floor) + n) {
+        if (end > load_acquire(&r->cached_floor) + n) { /* pairs with wait_for_space */
             int rc = wait_for_space(r, end, deadline);
             if (rc)
                 return rc;
@@ -1140,9 +1171,9 @@ static int take_new(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
     struct seg_group *g = &r->groups[gi];
     *stuck = NO_SEQ;
     for (uint32_t tries = 0; tries < 2 * r->cfg.slot_count + 64; tries++) {
+        /* No look at the head here (the producers' hottest line): a sequence not yet
+         * reserved reads as a stale descriptor, like one reserved but not published. */
         uint64_t s = load_acquire(&g->next);
-        if (s >= load_acquire(&r->hdr->head))
-            return -EAGAIN;
         struct seg_desc *d = &r->descs[s & r->mask];
         uint64_t ss = load_acquire(&d->seqstate); /* pairs with the CAS in ahr_commit */
         uint32_t st = ss_state(ss);
@@ -1166,6 +1197,13 @@ static int take_new(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
             cas_acq_rel(&g->next, &s_expected, s + span); /* another member won it: help */
             continue;
         }
+        /* A tag of a later lap: we were descheduled after reading the descriptor and the
+         * ring lapped, so s is long gone. Without this check the CAS below would take the
+         * later lap's claim as lap s (found by test_threads under TSan: a second first
+         * delivery, and a clobbered claim that stops the floor for good). */
+        uint32_t ahead = (uint32_t)tag_lap(tag) - (uint32_t)lap;
+        if (ahead != 0 && ahead < 0x80000000u)
+            continue;
         /* tombstones, and other streams' messages for a one-stream group, are skipped */
         int skip = st != DESC_PUBLISHED ||
                    (g->stream_filter != AHR_ALL_STREAMS && d->stream != g->stream_filter);
@@ -1298,10 +1336,12 @@ static void recover_intent(struct ahr_ring *r, uint64_t s)
 
 static void recover_stuck(struct ahr_ring *r, uint64_t s)
 {
+    if (s >= load_acquire(&r->hdr->head))
+        return; /* not taken by any producer yet: nothing to recover */
     struct seg_desc *d = &r->descs[s & r->mask];
     uint64_t ss = load_acquire(&d->seqstate);
     if (ss == (s << 4 | DESC_RESERVED)) {
-        uint32_t owner = d->owner;
+        uint32_t owner = load_relaxed(&d->owner); /* atomic: see layout.h */
         if (!member_alive(r, owner & 0xfff, owner >> 12) &&
             cas_acq_rel(&d->seqstate, &ss, s << 4 | DESC_TOMBSTONE))
             publish_notify(r, s);
@@ -1317,11 +1357,12 @@ static int poll_once(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
     struct seg_group *g = &r->groups[gi];
     uint64_t now = 0;
     int periodic = 0;
-    if (load_relaxed(&g->nacked) == 0) {
+    /* the clock is read every 256th poll only: a scan is due every SCAN_INTERVAL_NS */
+    if ((fetch_add_relaxed(&r->polls, 1) & 255) == 0) {
         now = mono_ns();
         periodic = now >= load_relaxed(&r->next_scan_ns);
     }
-    if (load_relaxed(&g->nacked) || periodic) {
+    if (periodic || load_relaxed(&g->nacked)) {
         if (periodic)
             store_relaxed(&r->next_scan_ns, now + SCAN_INTERVAL_NS);
         int rc = redeliver(r, gi, m, mgen, periodic, out);
@@ -1352,15 +1393,15 @@ int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout
     uint32_t mgen = member_gen(r, m);
     uint64_t deadline = deadline_after(timeout_ns);
     uint64_t stuck;
+    uint64_t spin_until = 0;
     for (uint32_t spins = 0;; spins++) {
         uint32_t seen = atomic_load_explicit(&r->hdr->published_count, memory_order_seq_cst);
         rc = poll_once(r, gi, m, mgen, out, &stuck);
         if (rc != -EAGAIN)
             return rc;
-        if (spins < SPIN_LIMIT && timeout_ns != 0) {
-            cpu_relax();
+        /* A bounded spin first: a busy pipeline then hands over without any syscall. */
+        if (timeout_ns != 0 && spinning(&spin_until, spins))
             continue;
-        }
         /* Slow path, once per sleep: look for the dead before sleeping. */
         rc = redeliver(r, gi, m, mgen, 1, out);
         if (rc != -EAGAIN)
@@ -1513,6 +1554,11 @@ static int copy_if_intact(const struct ahr_ring *r, uint64_t s, void *dst, uint6
         return -EMSGSIZE;
     memcpy(dst, r->base + out->data_offset, out->data_len);
     atomic_thread_fence(memory_order_acquire); /* the copy happens before the re-check */
+    /* The descriptor alone is not enough: a later lap's message that starts at an earlier
+     * slot can span over this one without touching its descriptor (test_latest found torn
+     * copies). The slots are intact while no sequence >= s + N is taken: head <= s + N. */
+    if (load_relaxed(&r->hdr->head) > s + r->cfg.slot_count)
+        return -ESTALE;
     return load_relaxed(&d->seqstate) == before ? 0 : -ESTALE;
 }
 
@@ -1564,6 +1610,9 @@ int ahr_read_tail(const struct ahr_ring *r, const struct ahr_msg *msg, void *dst
     atomic_thread_fence(memory_order_acquire);
     if (ss_seq(before) != msg->seq || load_relaxed(&d->seqstate) != before)
         return -ESTALE;
+    /* as in copy_if_intact: a later lap may span over these slots from an earlier one */
+    if (load_relaxed(&r->hdr->head) > msg->seq + r->cfg.slot_count)
+        return -ESTALE;
     return 0;
 }
 
@@ -1589,7 +1638,7 @@ int ahr_group_stats(const struct ahr_ring *r, uint32_t group, struct ahr_group_s
 int ahr_ring_stats(const struct ahr_ring *r, struct ahr_ring_stats *out)
 {
     out->head = load_relaxed(&r->hdr->head);
-    out->published = load_relaxed(&r->hdr->published_total);
+    out->published = load_relaxed(&r->hdr->last_published);
     out->min_floor = min_floor(r, UINT32_MAX);
     out->members = 0;
     out->groups = 0;
