@@ -102,6 +102,7 @@ ERRNO_TO_ERROR: dict[int, type[AsapoError]] = {
     _errno.EINTR: AsapoInterruptedTransactionError,
     _errno.EACCES: AsapoAuthorizationError,
     _errno.EPERM: AsapoAuthorizationError,
+    _errno.EUSERS: AsapoUnavailableServiceError,  # a member, group or stream table is full
 }
 
 
@@ -109,8 +110,9 @@ ERRNO_TO_ERROR: dict[int, type[AsapoError]] = {
 ERRNO_HINTS: dict[int, str] = {
     _errno.ENOSPC: "; the ring stayed full for the producer's whole timeout: space is reused "
                    "only after every durable consumer group acknowledged it, so start or speed "
-                   "up the consumers of the lagging group (see Consumer.group_stats), retire "
-                   "groups no longer wanted, or raise full_timeout_s or slot_count",
+                   "up the consumers of the lagging group (see Consumer.group_stats; members "
+                   "must acknowledge what they processed, or use Consumer(auto_ack=True)), "
+                   "retire groups no longer wanted, or raise full_timeout_s or slot_count",
 }
 
 

@@ -67,6 +67,7 @@ class Consumer:
         self._streams = StreamTable(self._segment)
         self._groups: dict[tuple[str, str | None], int] = {}
         self._msg_class: dict[int, type[Message]] = {}  # group handle -> its Message class
+        self._retired: set[tuple[str, str | None]] = set()  # groups whose stream ended
         self._ptr = self._segment.ptr
         self._view = self._segment.view
         self._buffer = memoryview(self._view)  # read-only like the view
@@ -92,6 +93,8 @@ class Consumer:
         key = (group_id, stream)
         handle = self._groups.get(key)
         if handle is None:
+            if key in self._retired:  # its stream ended: never make it again
+                self._raise_finished(stream, self._finished_state(stream) or "")
             check_name(group_id, "group id", 40)
             stream_idx = None if stream is None else self._streams.index(stream)
             name = group_id if stream is None else f"{group_id}@{stream_idx}"
@@ -214,23 +217,30 @@ class Consumer:
         if stream is not None:  # a one-stream group has nothing more to follow
             lib.ahr_group_retire(self._segment.ptr, marker._group)
             self._groups.pop((group_id, stream), None)
+            self._retired.add((group_id, stream))
         raise AsapoStreamFinishedError(
             f"stream {marker.stream!r} is finished (last id {marker.id - 1}); "
             f"next stream: {next_stream!r}", next_stream=next_stream)
 
     def _no_message(self, rc: int, group_id: str, stream: str | None) -> Message:
-        if rc == _ENOENT or (rc == _EAGAIN and stream is not None):
+        if rc == _ENOENT:  # the group was retired (its stream ended) by another member
             self._groups.pop((group_id, stream), None)
+        if rc == _ENOENT or (rc == _EAGAIN and stream is not None):
             finished = self._finished_state(stream)
             if finished is not None:
-                raise AsapoStreamFinishedError(
-                    f"stream {stream!r} is finished; next stream: {finished!r}",
-                    next_stream=finished or None)
+                self._retired.add((group_id, stream))
+                self._raise_finished(stream, finished)
         if rc == _EAGAIN:
             where = f"stream {stream!r}" if stream else "any stream"
             raise AsapoEndOfStreamError(
                 f"no new message for group {group_id!r} in {where} before the timeout")
         raise error_for(rc, f"get_next for group {group_id!r}")
+
+    @staticmethod
+    def _raise_finished(stream: str | None, next_stream: str) -> None:
+        raise AsapoStreamFinishedError(
+            f"stream {stream!r} is finished; next stream: {next_stream or None!r}",
+            next_stream=next_stream or None)
 
     def _finished_state(self, stream: str | None) -> str | None:
         """None if not finished, '' if finished without next stream, else the next name."""

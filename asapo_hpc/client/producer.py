@@ -186,9 +186,7 @@ class Producer:
         if rc:
             check(rc, f"send of message {id} ({len(buf)} bytes) to stream {stream!r}: "
                       f"the ring holds {self._segment.config['slot_count']} slots of "
-                      f"{self._segment.config['slot_size']} bytes; when it stays full, a "
-                      "durable group is behind: its members must acknowledge what they "
-                      "processed (or use Consumer(auto_ack=True)), or be started")
+                      f"{self._segment.config['slot_size']} bytes")
         if callback is not None:
             callback({"id": id, "stream": stream, "size": len(buf)}, None)
         return id

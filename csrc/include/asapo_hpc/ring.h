@@ -169,8 +169,9 @@ int ahr_group_open(struct ahr_ring *ring, const char *name, uint32_t stream_filt
  * -ENOENT. For a group whose stream has finished, or one that is no longer wanted. */
 int ahr_group_retire(struct ahr_ring *ring, uint32_t group);
 
-/* Copy group `index`'s name into buf (NUL-terminated); returns its length or -ENOENT. */
-int ahr_group_name(const struct ahr_ring *ring, uint32_t index, char *buf, uint32_t cap);
+/* Copy the name of the group with this handle into buf (NUL-terminated); returns its
+ * length, or -ENOENT if the handle is stale or unknown. */
+int ahr_group_name(const struct ahr_ring *ring, uint32_t group, char *buf, uint32_t cap);
 
 /* Change a group's redelivery settings (ASAPO's set_resend_nacs): lease and attempts. */
 int ahr_group_set_resend(struct ahr_ring *ring, uint32_t group, uint64_t lease_ns,

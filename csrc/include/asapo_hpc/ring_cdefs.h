@@ -89,7 +89,7 @@ int ahr_join(struct ahr_ring *ring, uint32_t role);
 int ahr_leave(struct ahr_ring *ring, uint32_t member);
 int ahr_group_open(struct ahr_ring *ring, const char *name, uint32_t stream_filter);
 int ahr_group_retire(struct ahr_ring *ring, uint32_t group);
-int ahr_group_name(const struct ahr_ring *ring, uint32_t index, char *buf, uint32_t cap);
+int ahr_group_name(const struct ahr_ring *ring, uint32_t group, char *buf, uint32_t cap);
 int ahr_group_set_resend(struct ahr_ring *ring, uint32_t group, uint64_t lease_ns, uint32_t max_attempts);
 int ahr_stream_index(struct ahr_ring *ring, const char *name, uint32_t len);
 int ahr_stream_name(const struct ahr_ring *ring, uint32_t index, char *buf, uint32_t cap);
