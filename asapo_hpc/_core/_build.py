@@ -30,6 +30,13 @@ static int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_
     return ahr_send(c->ring, c->member, data, &pub, 0, 0, meta, meta_len, c->timeout_ns, 0);
 }
 
+static int ahrpy_send_bare(const struct ahrpy_ctx *c, const char *data, uint64_t data_len,
+                           uint64_t id, uint32_t stream)
+{
+    struct ahr_pub pub = {id, data_len, 0, stream, 0, 0, 0};
+    return ahr_send(c->ring, c->member, data, &pub, 0, 0, 0, 0, c->timeout_ns, 0);
+}
+
 static int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t timeout_ns,
                           struct ahr_msg *out)
 {

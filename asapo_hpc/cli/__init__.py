@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", default="asapo_hpc_secret.key",
                    help="secret key file (created 0600 if missing)")
     p.set_defaults(func=_token)
+    p = sub.add_parser("serve", help="node service: record rings into catalog and HDF5")
+    from asapo_hpc.cli.serve import add_arguments as _serve_arguments
+    from asapo_hpc.cli.serve import run as _serve
+    _serve_arguments(p)
+    p.set_defaults(func=_serve)
     return parser
 
 

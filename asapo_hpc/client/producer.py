@@ -131,6 +131,8 @@ class Producer:
                                              thread_name_prefix="asapo-copy") \
             if settings.copy_threads > 1 else None
         self._copy_threads = settings.copy_threads
+        # messages this large are copied by copy_threads threads (never, with one thread)
+        self._parallel_min = PARALLEL_COPY_MIN if self._copy_pool is not None else 1 << 62
         self._member = self._segment.join(lib.AHR_ROLE_PRODUCER)
         self._streams = StreamTable(self._segment)
         self._stream_index = self._streams._index  # read directly on the hot path
@@ -171,8 +173,15 @@ class Producer:
         elif type(id) is not int or id <= 0:
             id = _check_id(id)
         buf = data if type(data) is bytes else _readable_buffer(data)  # bytes go in as is
+        if meta is None and dataset is None and not name and len(buf) < self._parallel_min:
+            rc = lib.ahrpy_send_bare(self._ctx, buf, len(buf), id, stream_idx)  # fewest args
+            if rc:
+                self._raise_send(rc, id, len(buf), stream)
+            if callback is not None:
+                callback({"id": id, "stream": stream, "size": len(buf)}, None)
+            return id
         meta_b = b"" if meta is None else encode_meta(meta)
-        if self._copy_pool is not None and len(buf) >= PARALLEL_COPY_MIN:
+        if len(buf) >= self._parallel_min:
             rc = self._send_parallel(id, buf, meta_b, stream, dataset, name)
         elif dataset is None and not name:
             rc = lib.ahrpy_send_plain(self._ctx, buf, len(buf), id, stream_idx, meta_b,
@@ -184,12 +193,15 @@ class Producer:
                                 substream, size, name_b, len(name_b), meta_b, len(meta_b),
                                 self.timeout_ns)
         if rc:
-            check(rc, f"send of message {id} ({len(buf)} bytes) to stream {stream!r}: "
-                      f"the ring holds {self._segment.config['slot_count']} slots of "
-                      f"{self._segment.config['slot_size']} bytes")
+            self._raise_send(rc, id, len(buf), stream)
         if callback is not None:
             callback({"id": id, "stream": stream, "size": len(buf)}, None)
         return id
+
+    def _raise_send(self, rc: int, id: int, nbytes: int, stream: str) -> None:
+        check(rc, f"send of message {id} ({nbytes} bytes) to stream {stream!r}: the ring "
+                  f"holds {self._segment.config['slot_count']} slots of "
+                  f"{self._segment.config['slot_size']} bytes")
 
     def _send_parallel(self, id: int, buf: Any, meta_b: bytes, stream: str,
                        dataset: tuple[int, int] | None, name: str) -> int:

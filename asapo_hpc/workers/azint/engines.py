@@ -175,6 +175,8 @@ class Corrections:
 
     ``norm`` is float32 flat x polarisation x solid angle, 0 for statically invalid pixels;
     ``static`` holds per-bin Σnorm, Σnorm², count, Σdark over statically valid pixels.
+    Split engines keep the matrix twice: CSR (``matrix``, for frames needing per-pixel
+    checks) and pixel-major (``table``, see :func:`kernels.pixel_table`).
     """
 
     def __init__(self, engine: _Engine, norm: np.ndarray, dark: np.ndarray | None):
@@ -199,3 +201,9 @@ class Corrections:
                 np.concatenate(([0], np.cumsum(counts))).astype(np.int32),
             )
             self.static = kernels.csr_static_sums(*self.matrix, norm, dark_full)
+            # pixel-major copy for integer frames: the frame is read once, in order
+            dtype = np.uint16 if engine.npt < np.iinfo(np.uint16).max else np.uint32
+            bins = np.empty(norm.size, dtype)
+            w0 = np.empty(norm.size, np.float32)
+            ex = kernels.pixel_table(*self.matrix, norm.size, bins, w0)
+            self.table = (bins, w0, *ex)

@@ -24,6 +24,7 @@ from asapo_hpc.workers.azint.engines import (
     NoSplitEngine,
     check_method,
 )
+from asapo_hpc.workers.azint.threads import ThreadChooser
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class AzimuthalIntegrator:
         self._engines: dict[tuple[str, str], object] = {}
         self._corrections: dict[tuple[str, str], tuple[tuple, Corrections]] = {}
         self._arrays: dict[tuple, np.ndarray] = {}
+        self._threads: dict[str, ThreadChooser] = {}
 
     # ------------------------------------------------------------------------------ public
     def integrate1d(
@@ -218,19 +220,35 @@ class AzimuthalIntegrator:
         dd = np.float32(delta_dummy or 0.0)
         if isinstance(engine, NoSplitEngine):
             if raw.dtype == np.uint16 and not check_dummy:
-                nch = kernels.n_chunks(raw.size)
-                sig, var = kernels.hist_packed_u16(raw, corr.bins, engine.npt, nch)
                 out = np.zeros((6, engine.npt))
-                out[0], out[1] = sig, var
+                step = kernels.PACK_MAX_PIXELS
+                for i in range(0, raw.size, step):  # one call for frames up to 33 Mpixel
+                    sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16,
+                                         raw[i:i + step], corr.bins[i:i + step], engine.npt,
+                                         kernels.CHUNK)
+                    out[0] += sig
+                    out[1] += var
                 return out
             nch = kernels.n_chunks(raw.size)
             return kernels.hist_checked(
                 raw, corr.bins, engine.npt, corr.norm, corr.dark, check_dummy, d, dd, nch
             )
+        if raw.dtype.kind in "ui" and not check_dummy:
+            out = np.zeros((6, engine.npt))
+            out[:2] = self._run("split_pass", kernels.split_pass, raw, *corr.table, engine.npt,
+                                kernels.CHUNK)
+            return out
         check = check_dummy or raw.dtype.kind == "f"
         return kernels.csr_pass(
             raw, *corr.matrix, corr.norm, corr.dark, check, check_dummy, d, dd
         )
+
+    def _run(self, name: str, fn, *args):
+        """A per-frame pass on the thread count measured fastest for it lately."""
+        chooser = self._threads.get(name)
+        if chooser is None:
+            chooser = self._threads[name] = ThreadChooser()
+        return chooser.run(fn, *args)
 
     def _result(self, engine, corr, sums, error_model, nf) -> Integrate1dResult:
         st = corr.static

@@ -18,13 +18,18 @@ from numba import njit, prange
 #: count zero-valued pixels (Poisson variance max(raw, 1) = raw + [raw == 0]).
 PACK_SHIFT = 40
 PACK_LOW = (1 << PACK_SHIFT) - 1
-#: Max pixels per chunk so neither packed field overflows (2^23 zeros, 2^40 / 65535 sum).
-PACK_MAX_CHUNK = 1 << 22
 LANES = 4  # interleaved sub-histograms: breaks store-to-load chains on runs of equal bins
+#: Pixels one call of :func:`hist_packed_u16` may take: each lane counter sees at most
+#: 1/LANES of them, so neither packed field overflows (2^23 zeros, 2^40 / 65535 sum).
+PACK_MAX_PIXELS = LANES << 23
+#: Pixels per work item of the per-frame passes. Items are handed out dynamically (a core
+#: busy with another process takes fewer), each thread adds into its own private bins.
+CHUNK = 1 << 14
+SPLIT_LANES = 2  # sub-histograms of the 2-bin split pass (2 x 16 kB for 1000 bins)
 
 
-def n_chunks(size: int, limit: int = PACK_MAX_CHUNK) -> int:
-    """Chunks for a parallel pass: one per thread at least, each at most ``limit`` pixels."""
+def n_chunks(size: int, limit: int = 1 << 22) -> int:
+    """Chunks for a statically scheduled setup pass: one per thread, at most ``limit``."""
     return max(numba.get_num_threads(), -(-size // limit))
 
 
@@ -88,6 +93,8 @@ def bbox_csr(center, delta, valid, lo, hi, npt):
                     continue
                 if bmin == bmax:
                     w = 1.0
+                elif bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
+                    w = np.float32(1.0) - np.float32(inv * (bmin + 1 - fmin))
                 elif b == bmin:
                     w = inv * (bmin + 1 - fmin)
                 elif b == bmax:
@@ -169,7 +176,10 @@ def full_csr(corner_rad, corner_chi, valid, lo, hi, npt):
                 if two_pass == 0:
                     counts[b] += 1
                 else:
-                    data[fill[b]] = areas[b - bmin] / total
+                    w = areas[b - bmin] / total
+                    if bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
+                        w = np.float32(1.0) - np.float32(areas[0] / total)
+                    data[fill[b]] = w
                     indices[fill[b]] = i
                     fill[b] += 1
     return data, indices, indptr
@@ -214,40 +224,145 @@ def hist_static_sums(bins, norm, dark, npt, nchunks):
 
 # ---------------------------------------------------------------------------- per-frame passes
 @njit(parallel=True, cache=True)
-def hist_packed_u16(raw, bins, npt, nchunks):
+def hist_packed_u16(raw, bins, npt, chunk):
     """No-split pass for uint16 frames without dynamic validity checks.
 
     Reads 2 B of frame + 2 B of bin index per pixel; one integer add per pixel into private
-    per-thread, per-lane bins. Returns (Σraw, Σmax(raw, 1)) per bin as float64.
+    per-thread, per-lane bins (exact). Work items of ``chunk`` pixels are scheduled
+    dynamically. At most :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
     """
     n = raw.size
-    acc = np.zeros((nchunks, LANES, npt + 1), np.int64)
-    chunk = -(-n // nchunks)
-    for c in prange(nchunks):
-        a = acc[c]
-        start = c * chunk
-        stop = min(n, start + chunk)
-        stop4 = start + (stop - start) // LANES * LANES
-        for p in range(start, stop4, LANES):
-            for k in range(LANES):
-                r = np.int64(raw[p + k])
-                a[k, bins[p + k]] += r + (np.int64(r == 0) << PACK_SHIFT)
-        for p in range(stop4, stop):
-            r = np.int64(raw[p])
-            a[0, bins[p]] += r + (np.int64(r == 0) << PACK_SHIFT)
+    nt = numba.config.NUMBA_NUM_THREADS
+    acc = np.zeros((nt, LANES, npt + 1), np.int64)
+    chunk = max(LANES, chunk // LANES * LANES)  # lanes stay aligned with the pixel index
+    nch = (n + chunk - 1) // chunk
+    with numba.parallel_chunksize(1):
+        for c in prange(nch):
+            a = acc[numba.get_thread_id()]
+            start = c * chunk
+            stop = min(n, start + chunk)
+            stop4 = start + (stop - start) // LANES * LANES
+            for p in range(start, stop4, LANES):
+                for k in range(LANES):
+                    r = np.int64(raw[p + k])
+                    a[k, bins[p + k]] += r + (np.int64(r == 0) << PACK_SHIFT)
+            for p in range(stop4, stop):
+                r = np.int64(raw[p])
+                a[p % LANES, bins[p]] += r + (np.int64(r == 0) << PACK_SHIFT)
     sig = np.empty(npt)
     var = np.empty(npt)
     for b in range(npt):
         sraw = 0
         zeros = 0
-        for c in range(nchunks):
+        for t in range(nt):
             for k in range(LANES):
-                v = acc[c, k, b]
+                v = acc[t, k, b]
                 sraw += v & PACK_LOW
                 zeros += v >> PACK_SHIFT
         sig[b] = sraw
         var[b] = sraw + zeros
     return sig, var
+
+
+@njit(cache=True)
+def pixel_table(data, indices, indptr, npix, bins, w0):
+    """Pixel-major form of a CSR matrix (rows = bins) for the 2-bin split pass.
+
+    A pixel with one entry of weight 1, or two entries in consecutive bins b, b+1 with
+    weights w and float32(1 - w), is stored as ``bins[j] = b``, ``w0[j] = w``; every other
+    pixel (absent, 3+ bins, other weights) gets ``bins[j] = npt`` and its entries go to
+    the returned pixel-sorted COO lists (pixel int32, bin int32, weight float32).
+    """
+    npt = indptr.size - 1
+    state = np.zeros(npix, np.int8)  # 0 absent, 1 one entry, 2 pair, 3 exception
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            c = data[k]
+            s = state[j]
+            if s == 0:
+                bins[j] = b
+                w0[j] = c
+                state[j] = 1
+            elif s == 1 and b == bins[j] + 1 and c == np.float32(1.0) - w0[j]:
+                state[j] = 2
+            else:
+                state[j] = 3
+    count = np.zeros(npix + 1, np.int64)
+    for j in range(npix):
+        if state[j] == 1 and w0[j] != 1.0:
+            state[j] = 3
+        if state[j] == 0 or state[j] == 3:
+            bins[j] = npt
+            w0[j] = 1.0
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            if state[indices[k]] == 3:
+                count[indices[k] + 1] += 1
+    for j in range(npix):
+        count[j + 1] += count[j]
+    ex_pix = np.empty(count[npix], np.int32)
+    ex_bin = np.empty(count[npix], np.int32)
+    ex_w = np.empty(count[npix], np.float32)
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            if state[j] == 3:
+                m = count[j]
+                ex_pix[m], ex_bin[m], ex_w[m] = j, b, data[k]
+                count[j] += 1
+    return ex_pix, ex_bin, ex_w
+
+
+@njit(parallel=True, cache=True)
+def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt, chunk):
+    """Split-mode pass for integer frames without dynamic validity checks.
+
+    Pixel order, frame read once: pixel j adds w0·raw to bin ``bins[j]`` and
+    float32(1 - w0)·raw to the next one (``bins[j] == npt``: nowhere), then the few
+    pixels of the COO lists add their entries. Private per-thread bins, dynamic work
+    items. Returns (2, npt) float64: Σc·raw, Σc²·max(raw, 1) — the same sums as
+    :func:`csr_pass` over the matrix :func:`pixel_table` was made from.
+    """
+    n = raw.size
+    nt = numba.config.NUMBA_NUM_THREADS
+    acc = np.zeros((nt, SPLIT_LANES, npt + 2, 2))
+    chunk = max(SPLIT_LANES, chunk // SPLIT_LANES * SPLIT_LANES)
+    nch = (n + chunk - 1) // chunk
+    nex = ex_pix.size
+    nchx = (nex + chunk - 1) // chunk
+    one = np.float32(1.0)
+    with numba.parallel_chunksize(1):
+        for c in prange(nch + nchx):
+            a = acc[numba.get_thread_id()]
+            if c < nch:
+                start = c * chunk
+                stop = min(n, start + chunk)
+                for p in range(start, stop):
+                    k = p % SPLIT_LANES
+                    b = bins[p]
+                    r = np.float64(np.float32(raw[p]))  # float32 values, as pyFAI
+                    rv = max(r, 1.0)
+                    c0 = np.float64(w0[p])
+                    c1 = np.float64(one - w0[p])
+                    a[k, b, 0] += c0 * r
+                    a[k, b, 1] += c0 * c0 * rv
+                    a[k, b + 1, 0] += c1 * r
+                    a[k, b + 1, 1] += c1 * c1 * rv
+            else:
+                start = (c - nch) * chunk
+                for m in range(start, min(nex, start + chunk)):
+                    r = np.float64(np.float32(raw[ex_pix[m]]))
+                    w = np.float64(ex_w[m])
+                    a[0, ex_bin[m], 0] += w * r
+                    a[0, ex_bin[m], 1] += w * w * max(r, 1.0)
+    out = np.zeros((2, npt))
+    for b in range(npt):
+        for t in range(nt):
+            for k in range(SPLIT_LANES):
+                out[0, b] += acc[t, k, b, 0]
+                out[1, b] += acc[t, k, b, 1]
+    return out
 
 
 @njit(parallel=True, cache=True)

@@ -128,6 +128,49 @@ def csr_integrate_reference(
     return tuple(out)
 
 
+def pixel_table_reference(data, indices, indptr, npix: int):
+    """Pixel-major form of a CSR matrix (see kernels.pixel_table): (bins, w0, pix, bin, w).
+
+    Pixels with one entry of weight 1, or entries (b, w), (b + 1, float32(1 - w)), get
+    ``bins = b``, ``w0 = w``; the others ``bins = npt`` and their entries in COO lists
+    sorted by pixel then bin.
+    """
+    npt = indptr.size - 1
+    rows = np.repeat(np.arange(npt), np.diff(indptr))
+    order = np.lexsort((rows, indices))
+    pix, row, w = indices[order], rows[order], data[order].astype(np.float32)
+    nper = np.bincount(pix, minlength=npix)
+    first = np.concatenate(([0], np.cumsum(nper)[:-1]))
+    bins = np.full(npix, npt, np.int64)
+    w0 = np.ones(npix, np.float32)
+    simple = np.zeros(npix, bool)
+    one = np.flatnonzero(nper == 1)
+    simple[one] = w[first[one]] == 1.0
+    two = np.flatnonzero(nper == 2)
+    f = first[two]
+    simple[two] = (row[f + 1] == row[f] + 1) & (w[f + 1] == np.float32(1.0) - w[f])
+    has = nper > 0
+    bins[simple] = row[first[simple]]
+    w0[simple] = w[first[simple]]
+    ex = ~simple[pix] & has[pix]
+    return bins, w0, pix[ex].astype(np.int32), row[ex].astype(np.int32), w[ex]
+
+
+def split_pass_reference(raw, bins, w0, ex_pix, ex_bin, ex_w, npt: int):
+    """(2, npt) Σc·raw, Σc²·max(raw, 1) of the pixel-major table (see kernels.split_pass)."""
+    r = np.asarray(raw).astype(np.float32).astype(np.float64).ravel()
+    rv = np.maximum(r, 1.0)
+    c0 = w0.astype(np.float64)
+    c1 = (np.float32(1.0) - w0).astype(np.float64)
+    ex_c = ex_w.astype(np.float64)
+    cols = np.concatenate([bins, np.asarray(bins, np.int64) + 1, ex_bin])
+    out = np.zeros((2, npt))
+    for k, (a, b, e) in enumerate([(c0 * r, c1 * r, ex_c * r[ex_pix]),
+                                   (c0 * c0 * rv, c1 * c1 * rv, ex_c * ex_c * rv[ex_pix])]):
+        out[k] = np.bincount(cols, np.concatenate([a, b, e]), minlength=npt + 2)[:npt]
+    return out
+
+
 def _to_csr(rows: list[int], cols: list[int], vals: list[float], npt: int):
     rows_a = np.asarray(rows, np.int64)
     order = np.lexsort((np.asarray(cols, np.int64), rows_a))
@@ -162,7 +205,9 @@ def bbox_csr_reference(
             continue
         inv = 1.0 / (fmax - fmin)
         for b in range(bmin, bmax + 1):
-            if b == bmin:
+            if bmax == bmin + 1 and b == bmax:  # a pair's weights sum to 1 in float32
+                w = float(np.float32(1.0) - np.float32(inv * (bmin + 1 - fmin)))
+            elif b == bmin:
                 w = inv * (bmin + 1 - fmin)
             elif b == bmax:
                 w = inv * (fmax - bmax)
@@ -222,8 +267,11 @@ def full_csr_reference(
         total = areas.sum()
         if total == 0:
             continue
+        w = areas / total
+        if bmax == bmin + 1:  # a pair's weights sum to 1 in float32
+            w[1] = np.float32(1.0) - np.float32(w[0])
         for b in range(bmin, bmax + 1):
-            rows.append(b), cols.append(i), vals.append(areas[b - bmin] / total)
+            rows.append(b), cols.append(i), vals.append(w[b - bmin])
     return _to_csr(rows, cols, vals, npt)
 
 

@@ -121,6 +121,7 @@ struct ahrpy_ctx {
     int64_t timeout_ns;
 };
 int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream, const char *meta, uint32_t meta_len);
+int ahrpy_send_bare(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream);
 int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t timeout_ns, struct ahr_msg *out);
 int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev, int64_t timeout_ns, struct ahr_msg *out, int *prev_rc);
 int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq);

@@ -1,0 +1,63 @@
+"""Thread count of the per-frame passes, chosen from measured call times.
+
+On a machine shared with other processes, a parallel pass on every core can be slower than
+on one: a thread descheduled mid-pass holds up the join. :class:`ThreadChooser` keeps a
+running mean of the call time per thread count, runs the fastest, and retries the others
+now and then so it follows the load.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+
+
+class ThreadChooser:
+    """Run a Numba parallel function with the thread count that has been fastest lately."""
+
+    def __init__(self, explore_every: int = 16, alpha: float = 0.3):
+        self.explore_every = explore_every
+        self.alpha = alpha
+        self.mean: dict[int, float] = {}  # thread count -> running mean of seconds
+        self.seen: dict[int, int] = {}  # thread count -> calls (the first is a warm-up)
+        self.calls = 0
+
+    def options(self) -> list[int]:
+        """Thread counts tried: 1 and the current Numba thread count."""
+        return sorted({1, numba.get_num_threads()})
+
+    def pick(self) -> int:
+        """Thread count for the next call."""
+        opts = self.options()
+        for n in opts:
+            if self.seen.get(n, 0) < 2:  # a warm-up call, then one measured
+                return n
+        best = min(opts, key=lambda n: self.mean[n])
+        if self.calls % self.explore_every == 0:
+            others = [n for n in opts if n != best]
+            return others[(self.calls // self.explore_every) % len(others)]
+        return best
+
+    def record(self, n: int, seconds: float) -> None:
+        """Account one call of ``n`` threads that took ``seconds``."""
+        self.calls += 1
+        seen = self.seen.get(n, 0)
+        self.seen[n] = seen + 1
+        if seen == 0:
+            return
+        old = self.mean.get(n)
+        self.mean[n] = seconds if old is None else old + self.alpha * (seconds - old)
+
+    def run(self, fn, *args):
+        """``fn(*args)`` on the chosen thread count; the caller's count is restored."""
+        n = self.pick()
+        prev = numba.get_num_threads()
+        numba.set_num_threads(n)
+        try:
+            t0 = time.perf_counter()
+            out = fn(*args)
+            self.record(n, time.perf_counter() - t0)
+        finally:
+            numba.set_num_threads(prev)
+        return out
