@@ -26,11 +26,15 @@ class AsapoEndOfStreamError(AsapoNoDataError):
 
 
 class AsapoStreamFinishedError(AsapoEndOfStreamError):
-    """The stream was finished by its producer; ``next_stream`` names its successor."""
+    """The stream was finished by its producer; ``next_stream`` names its successor,
+    ``stream`` the finished stream and ``last_id`` its last message id (when known)."""
 
-    def __init__(self, message: str, next_stream: str | None = None):
+    def __init__(self, message: str, next_stream: str | None = None, *,
+                 stream: str | None = None, last_id: int | None = None):
         super().__init__(message)
         self.next_stream = next_stream
+        self.stream = stream
+        self.last_id = last_id
 
 
 class AsapoPartialDataError(AsapoError):

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from asapo_hpc._core import Segment, check, ffi, lib
+from asapo_hpc.client import disk
 from asapo_hpc.client._common import StreamTable, open_segment
 from asapo_hpc.client.message import (
     MSG_DTYPE,
@@ -23,6 +24,7 @@ from asapo_hpc.client.message import (
 )
 from asapo_hpc.config import RingConfig, check_name
 from asapo_hpc.errors import (
+    AsapoDataNotInCacheError,
     AsapoEndOfStreamError,
     AsapoLeaseExpiredError,
     AsapoNoDataError,
@@ -57,7 +59,7 @@ class Consumer:
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
                  create: bool = True, timeout_ms: int = 1000, batch_capacity: int = 256,
-                 auto_ack: bool = False):
+                 auto_ack: bool = False, data_root: str | None = None):
         self._segment = open_segment(beamtime, data_source, config, create)
         # Consumers never write shared data: a view of a read-only buffer, whose flag a
         # user cannot switch back on (flags.writeable = False alone could be undone).
@@ -86,6 +88,7 @@ class Consumer:
         self._resend: tuple[int, int] | None = None
         self.timeout_ns = int(timeout_ms * 1e6)
         self.beamtime, self.data_source = beamtime, data_source
+        self.data_root = data_root  # the node's data folder, for reads from disk
 
     # -- groups and streams ---------------------------------------------------------------
 
@@ -220,7 +223,8 @@ class Consumer:
             self._retired.add((group_id, stream))
         raise AsapoStreamFinishedError(
             f"stream {marker.stream!r} is finished (last id {marker.id - 1}); "
-            f"next stream: {next_stream!r}", next_stream=next_stream)
+            f"next stream: {next_stream!r}", next_stream=next_stream, stream=marker.stream,
+            last_id=marker.id - 1)
 
     def _no_message(self, rc: int, group_id: str, stream: str | None) -> Message:
         if rc == _ENOENT:  # the group was retired (its stream ended) by another member
@@ -240,7 +244,7 @@ class Consumer:
     def _raise_finished(stream: str | None, next_stream: str) -> None:
         raise AsapoStreamFinishedError(
             f"stream {stream!r} is finished; next stream: {next_stream or None!r}",
-            next_stream=next_stream or None)
+            next_stream=next_stream or None, stream=stream)
 
     def _finished_state(self, stream: str | None) -> str | None:
         """None if not finished, '' if finished without next stream, else the next name."""
@@ -341,16 +345,32 @@ class Consumer:
         return self._copied(out, dst)
 
     def get_by_id(self, id: int, stream: str = "default") -> Message:
-        """A copy of message `id` of `stream` if it is still in the ring."""
+        """A copy of message `id` of `stream`: from the ring while it is there, else from
+        disk (the node's catalog and HDF5 files under `data_root`)."""
         cap = self._segment.config["slot_size"] * self._segment.config["slot_count"]
         dst = np.empty(cap, dtype=np.uint8)
         out = ffi.new("struct ahr_msg *")
         rc = lib.ahr_read_by_id(self._segment.ptr, self._streams.index(stream), int(id),
                                 ffi.from_buffer(dst), cap, out)
         if rc == _ENOENT:
-            raise AsapoNoDataError(f"message {id} of stream {stream!r} is not in the ring")
+            return self._from_disk(int(id), stream)
         check(rc, f"get_by_id {id}")
         return self._copied(out, dst)
+
+    def _from_disk(self, id: int, stream: str) -> Message:
+        """The disk tier: a message the ring no longer holds, as the sink stored it."""
+        try:
+            stored = disk.read_by_id(self.beamtime, self.data_source, stream, id,
+                                     data_root=self.data_root)
+        except AsapoDataNotInCacheError as exc:
+            raise AsapoDataNotInCacheError(
+                f"message {id} of stream {stream!r} is not in the ring, nor on disk: {exc}"
+            ) from None
+        rec = stored.record
+        name, meta = rec.name.encode(), rec.meta_json().encode()
+        fields = (0, rec.data_id, 0, rec.size, 0, rec.timestamp, len(name), len(meta),
+                  self._streams.index(stream), 0, rec.dataset_substream, rec.dataset_size, 0, 0)
+        return OwnedMessage(fields, self, _NOT_CLAIMED, stored.data, name + meta)
 
     def _copied(self, out, dst: np.ndarray) -> Message:
         fields = MSG_FIELDS.unpack_from(ffi.buffer(out))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
+from asapo_hpc.client.disk import CATALOG_NAME
 from asapo_hpc.config import RingConfig, check_name
 from asapo_hpc.errors import AsapoWrongInputError
 from asapo_hpc.sink import Compression, SinkSettings
@@ -161,7 +162,7 @@ class NodeConfig:
     @property
     def catalog_path(self) -> Path:
         """Where the SQLite catalog lives."""
-        return self.catalog or self.data_root / "catalog.sqlite"
+        return self.catalog or self.data_root / CATALOG_NAME
 
     def source(self, name: str) -> SourceConfig:
         """The source named `name`."""

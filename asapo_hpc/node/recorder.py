@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -45,7 +44,6 @@ from asapo_hpc.node.events import event
 from asapo_hpc.node.writers import FrameKey, WriterSet
 from asapo_hpc.sink import StreamWriter
 
-_FINISHED = re.compile(r"stream (['\"])(?P<stream>.*?)\1 is finished \(last id (?P<last>\d+)\)")
 _STATS_EVERY_S = 0.25
 _FIRST_BACKOFF_S = 0.5
 
@@ -71,8 +69,9 @@ class _Item:
 
 def finished_stream_of(exc: AsapoStreamFinishedError) -> tuple[str, int] | None:
     """(stream, last id) named by a finish error of a group following every stream."""
-    match = _FINISHED.search(str(exc))
-    return (match["stream"], int(match["last"])) if match else None
+    if exc.stream is None or exc.last_id is None:
+        return None
+    return exc.stream, exc.last_id
 
 
 class Recorder:
@@ -279,8 +278,9 @@ class Recorder:
         if first:
             event(logging.ERROR, "sink_write_failed", source=self.name, stream=item.stream,
                   id=item.data_id, error=str(exc), errno=getattr(exc, "errno", None),
-                  action=f"not acknowledged; retrying in {self._backoff:g} s, claiming "
-                         "nothing new meanwhile (producers will feel backpressure)")
+                  action=f"not acknowledged; retrying after {self._backoff:g} s (then "
+                         "longer), claiming nothing new meanwhile: producers feel "
+                         "backpressure")
 
     def _retry_failed(self) -> None:
         """Wait (backoff), then submit the failed items again with new writers."""

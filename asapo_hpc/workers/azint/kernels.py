@@ -228,27 +228,27 @@ def hist_packed_u16(raw, bins, npt, chunk):
     """No-split pass for uint16 frames without dynamic validity checks.
 
     Reads 2 B of frame + 2 B of bin index per pixel; one integer add per pixel into private
-    per-thread, per-lane bins (exact). Work items of ``chunk`` pixels are scheduled
-    dynamically. At most :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
+    per-thread, per-lane bins (exact). Work items of ``chunk`` pixels, scheduled
+    dynamically when called under ``numba.parallel_chunksize(1)``. At most
+    :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
     """
     n = raw.size
     nt = numba.config.NUMBA_NUM_THREADS
     acc = np.zeros((nt, LANES, npt + 1), np.int64)
     chunk = max(LANES, chunk // LANES * LANES)  # lanes stay aligned with the pixel index
     nch = (n + chunk - 1) // chunk
-    with numba.parallel_chunksize(1):
-        for c in prange(nch):
-            a = acc[numba.get_thread_id()]
-            start = c * chunk
-            stop = min(n, start + chunk)
-            stop4 = start + (stop - start) // LANES * LANES
-            for p in range(start, stop4, LANES):
-                for k in range(LANES):
-                    r = np.int64(raw[p + k])
-                    a[k, bins[p + k]] += r + (np.int64(r == 0) << PACK_SHIFT)
-            for p in range(stop4, stop):
-                r = np.int64(raw[p])
-                a[p % LANES, bins[p]] += r + (np.int64(r == 0) << PACK_SHIFT)
+    for c in prange(nch):
+        a = acc[numba.get_thread_id()]
+        start = c * chunk
+        stop = min(n, start + chunk)
+        stop4 = start + (stop - start) // LANES * LANES
+        for p in range(start, stop4, LANES):
+            for k in range(LANES):
+                r = np.int64(raw[p + k])
+                a[k, bins[p + k]] += r + (np.int64(r == 0) << PACK_SHIFT)
+        for p in range(stop4, stop):
+            r = np.int64(raw[p])
+            a[p % LANES, bins[p]] += r + (np.int64(r == 0) << PACK_SHIFT)
     sig = np.empty(npt)
     var = np.empty(npt)
     for b in range(npt):
@@ -320,9 +320,10 @@ def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt, chunk):
 
     Pixel order, frame read once: pixel j adds w0·raw to bin ``bins[j]`` and
     float32(1 - w0)·raw to the next one (``bins[j] == npt``: nowhere), then the few
-    pixels of the COO lists add their entries. Private per-thread bins, dynamic work
-    items. Returns (2, npt) float64: Σc·raw, Σc²·max(raw, 1) — the same sums as
-    :func:`csr_pass` over the matrix :func:`pixel_table` was made from.
+    pixels of the COO lists add their entries. Private per-thread bins; work items
+    dynamic under ``numba.parallel_chunksize(1)``. Returns (2, npt) float64: Σc·raw,
+    Σc²·max(raw, 1) — the same sums as :func:`csr_pass` over the matrix
+    :func:`pixel_table` was made from.
     """
     n = raw.size
     nt = numba.config.NUMBA_NUM_THREADS
@@ -332,30 +333,29 @@ def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt, chunk):
     nex = ex_pix.size
     nchx = (nex + chunk - 1) // chunk
     one = np.float32(1.0)
-    with numba.parallel_chunksize(1):
-        for c in prange(nch + nchx):
-            a = acc[numba.get_thread_id()]
-            if c < nch:
-                start = c * chunk
-                stop = min(n, start + chunk)
-                for p in range(start, stop):
-                    k = p % SPLIT_LANES
-                    b = bins[p]
-                    r = np.float64(np.float32(raw[p]))  # float32 values, as pyFAI
-                    rv = max(r, 1.0)
-                    c0 = np.float64(w0[p])
-                    c1 = np.float64(one - w0[p])
-                    a[k, b, 0] += c0 * r
-                    a[k, b, 1] += c0 * c0 * rv
-                    a[k, b + 1, 0] += c1 * r
-                    a[k, b + 1, 1] += c1 * c1 * rv
-            else:
-                start = (c - nch) * chunk
-                for m in range(start, min(nex, start + chunk)):
-                    r = np.float64(np.float32(raw[ex_pix[m]]))
-                    w = np.float64(ex_w[m])
-                    a[0, ex_bin[m], 0] += w * r
-                    a[0, ex_bin[m], 1] += w * w * max(r, 1.0)
+    for c in prange(nch + nchx):
+        a = acc[numba.get_thread_id()]
+        if c < nch:
+            start = c * chunk
+            stop = min(n, start + chunk)
+            for p in range(start, stop):
+                k = p % SPLIT_LANES
+                b = bins[p]
+                r = np.float64(np.float32(raw[p]))  # float32 values, as pyFAI
+                rv = max(r, 1.0)
+                c0 = np.float64(w0[p])
+                c1 = np.float64(one - w0[p])
+                a[k, b, 0] += c0 * r
+                a[k, b, 1] += c0 * c0 * rv
+                a[k, b + 1, 0] += c1 * r
+                a[k, b + 1, 1] += c1 * c1 * rv
+        else:
+            start = (c - nch) * chunk
+            for m in range(start, min(nex, start + chunk)):
+                r = np.float64(np.float32(raw[ex_pix[m]]))
+                w = np.float64(ex_w[m])
+                a[0, ex_bin[m], 0] += w * r
+                a[0, ex_bin[m], 1] += w * w * max(r, 1.0)
     out = np.zeros((2, npt))
     for b in range(npt):
         for t in range(nt):

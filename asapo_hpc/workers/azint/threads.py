@@ -50,14 +50,16 @@ class ThreadChooser:
         self.mean[n] = seconds if old is None else old + self.alpha * (seconds - old)
 
     def run(self, fn, *args):
-        """``fn(*args)`` on the chosen thread count; the caller's count is restored."""
+        """``fn(*args)`` on the chosen thread count, prange iterations handed out one by one
+        (dynamic scheduling); the caller's settings are restored."""
         n = self.pick()
         prev = numba.get_num_threads()
         numba.set_num_threads(n)
         try:
-            t0 = time.perf_counter()
-            out = fn(*args)
-            self.record(n, time.perf_counter() - t0)
+            with numba.parallel_chunksize(1):
+                t0 = time.perf_counter()
+                out = fn(*args)
+                self.record(n, time.perf_counter() - t0)
         finally:
             numba.set_num_threads(prev)
         return out
