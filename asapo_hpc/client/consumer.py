@@ -70,6 +70,7 @@ class Consumer:
         self._groups: dict[tuple[str, str | None], int] = {}
         self._msg_class: dict[int, type[Message]] = {}  # group handle -> its Message class
         self._retired: set[tuple[str, str | None]] = set()  # groups whose stream ended
+        self._held_markers: dict[int, int] = {}  # group handle -> finish marker told last
         self._ptr = self._segment.ptr
         self._view = self._segment.view
         self._buffer = memoryview(self._view)  # read-only like the view
@@ -134,6 +135,8 @@ class Consumer:
         handle = self._groups.get((group_id, stream))
         if handle is None:
             handle = self._group(group_id, stream)
+        if self._held_markers:
+            self._ack_marker(handle)
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
         if self.auto_ack:  # acknowledge what we hold from the group in the same C call
             if self._held_batch:
@@ -155,6 +158,12 @@ class Consumer:
             self._held[handle] = f[0]
         return msg
 
+    def _ack_marker(self, handle: int) -> None:
+        """Acknowledge the finish marker this member was told of by the group last time."""
+        seq = self._held_markers.pop(handle, None)
+        if seq is not None:
+            lib.ahrpy_ack(self._ctx, handle, seq)
+
     @staticmethod
     def _warn_auto_ack(seq: int) -> None:
         log.warning("auto_ack: message at ring position %d had been redelivered to another "
@@ -171,6 +180,8 @@ class Consumer:
         if handle is None:
             handle = self._group(group_id, stream)
         n = max(1, min(int(n), self._batch_capacity))
+        if self._held_markers:
+            self._ack_marker(handle)
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
         if self.auto_ack:
             self._ack_held(handle)
@@ -213,7 +224,12 @@ class Consumer:
         return MessageBatch(self, batch._group, buf, kept)
 
     def _finish(self, marker: Message, group_id: str, stream: str | None) -> None:
-        lib.ahr_ack(self._segment.ptr, marker._group, self._member, marker.seq)
+        if stream is None:
+            # held until this member asks again (or closes): a member that dies before
+            # acting on the end of the stream leaves the marker to another member
+            self._held_markers[marker._group] = marker.seq
+        else:
+            lib.ahr_ack(self._segment.ptr, marker._group, self._member, marker.seq)
         next_stream = marker.meta.get("next_stream")
         if next_stream == NO_NEXT_STREAM:
             next_stream = None
@@ -397,6 +413,8 @@ class Consumer:
         if not self._segment.closed:
             for handle in list(self._held) + list(self._held_batch):
                 self._ack_held(handle)
+            for handle in list(self._held_markers):
+                self._ack_marker(handle)
             self._segment.leave(self._member)
             self._segment.close()
 

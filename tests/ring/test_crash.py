@@ -13,7 +13,7 @@ import pytest
 
 from asapo_hpc.client import Consumer, Producer
 from asapo_hpc.config import RingConfig
-from asapo_hpc.errors import AsapoEndOfStreamError, AsapoRingFullError
+from asapo_hpc.errors import AsapoEndOfStreamError, AsapoRingFullError, AsapoStreamFinishedError
 
 CTX = mp.get_context("fork")
 CFG = RingConfig(slot_count=8, slot_size=256, groups=("g",), lease_s=60.0, full_timeout_s=0.3)
@@ -209,3 +209,39 @@ def _batch_and_wait(out) -> None:
     out.put([m.id for m in batch])
     time.sleep(600)
 
+
+
+def _told_of_the_end(out) -> None:
+    """Child: read group g to the finish marker, report, then sleep (killed before it asks
+    again, so before it could have acted on the end of the stream)."""
+    consumer = Consumer("bt", "src")
+    ids = []
+    while True:
+        try:
+            msg = consumer.get_next("g", timeout_ms=5000)
+        except AsapoStreamFinishedError as exc:
+            out.put((ids, exc.stream, exc.last_id, exc.next_stream))
+            time.sleep(600)
+        ids.append(msg.id)
+        consumer.acknowledge("g", msg)
+
+
+def test_finish_marker_of_a_killed_member_goes_to_another(shm_prefix, children):
+    producer = Producer("bt", "src", config=CFG)
+    producer.send(1, b"a", stream="s1")
+    producer.send(2, b"b", stream="s1")
+    producer.send_stream_finished_flag("s1", 2, next_stream="s2")
+    proc, out = start(children, _told_of_the_end)
+    assert out.get(timeout=WAIT) == ([1, 2], "s1", 2, "s2")
+    kill(proc)
+    survivor = Consumer("bt", "src")
+    with pytest.raises(AsapoStreamFinishedError) as info:
+        survivor.get_next("g", timeout_ms=5000)  # the marker comes back: it was not done
+    assert (info.value.stream, info.value.last_id, info.value.next_stream) == ("s1", 2, "s2")
+    survivor.close()  # a clean close counts the marker as handled
+    after = Consumer("bt", "src")
+    with pytest.raises(AsapoEndOfStreamError) as info:
+        after.get_next("g", timeout_ms=100)
+    assert not isinstance(info.value, AsapoStreamFinishedError)
+    after.close()
+    producer.close()
