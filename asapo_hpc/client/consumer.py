@@ -71,6 +71,7 @@ class Consumer:
         self._msg_class: dict[int, type[Message]] = {}  # group handle -> its Message class
         self._retired: set[tuple[str, str | None]] = set()  # groups whose stream ended
         self._held_markers: dict[int, int] = {}  # group handle -> finish marker told last
+        self._pending_finish: dict[int, list[Message]] = {}  # markers a batch held back
         self._ptr = self._segment.ptr
         self._view = self._segment.view
         self._buffer = memoryview(self._view)  # read-only like the view
@@ -135,8 +136,8 @@ class Consumer:
         handle = self._groups.get((group_id, stream))
         if handle is None:
             handle = self._group(group_id, stream)
-        if self._held_markers:
-            self._ack_marker(handle)
+        if self._held_markers or self._pending_finish:
+            self._markers_first(handle, group_id, stream)
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
         if self.auto_ack:  # acknowledge what we hold from the group in the same C call
             if self._held_batch:
@@ -157,6 +158,17 @@ class Consumer:
         if self.auto_ack:
             self._held[handle] = f[0]
         return msg
+
+    def _markers_first(self, handle: int, group_id: str, stream: str | None) -> None:
+        """Before claiming more: acknowledge the finish marker told last time, and tell the
+        next one a batch held back (raises AsapoStreamFinishedError)."""
+        self._ack_marker(handle)
+        pending = self._pending_finish.get(handle)
+        if pending is not None:
+            marker = pending.pop(0)
+            if not pending:
+                del self._pending_finish[handle]
+            self._finish(marker, group_id, stream)
 
     def _ack_marker(self, handle: int) -> None:
         """Acknowledge the finish marker this member was told of by the group last time."""
@@ -180,8 +192,8 @@ class Consumer:
         if handle is None:
             handle = self._group(group_id, stream)
         n = max(1, min(int(n), self._batch_capacity))
-        if self._held_markers:
-            self._ack_marker(handle)
+        if self._held_markers or self._pending_finish:
+            self._markers_first(handle, group_id, stream)
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
         if self.auto_ack:
             self._ack_held(handle)
@@ -208,15 +220,15 @@ class Consumer:
 
     def _batch_with_markers(self, batch: MessageBatch, group_id: str,
                             stream: str | None) -> MessageBatch:
-        """Keep the ordinary messages; a marker alone ends the stream, else it is handed
-        out again on a later call."""
+        """Keep the ordinary messages; a marker alone ends the stream, else it stays
+        claimed by this member and is told on its next call (no redelivery, no attempt)."""
         records = batch._records
         is_marker = (records["flags"] & 1).astype(bool)
         markers = [batch[i] for i in np.flatnonzero(is_marker)]
         if is_marker.all():
+            self._pending_finish.setdefault(batch._group, []).extend(markers[1:])
             self._finish(markers[0], group_id, stream)
-        for marker in markers:
-            check(lib.ahr_nack(self._ptr, batch._group, self._member, marker.seq, 0), "nack")
+        self._pending_finish.setdefault(batch._group, []).extend(markers)
         keep = np.flatnonzero(~is_marker)
         buf = ffi.new("struct ahr_msg[]", len(keep))
         kept = np.frombuffer(ffi.buffer(buf), dtype=MSG_DTYPE)
@@ -225,8 +237,9 @@ class Consumer:
 
     def _finish(self, marker: Message, group_id: str, stream: str | None) -> None:
         if stream is None:
-            # held until this member asks again (or closes): a member that dies before
-            # acting on the end of the stream leaves the marker to another member
+            # held until this member asks again, closes, or acknowledges it (it is message
+            # last_id + 1 of the stream): a member that dies before acting on the end of
+            # the stream leaves the marker to another member
             self._held_markers[marker._group] = marker.seq
         else:
             lib.ahr_ack(self._segment.ptr, marker._group, self._member, marker.seq)
@@ -310,6 +323,8 @@ class Consumer:
             handle, seq = id._group, id._fields[0]
         else:
             handle, seq = self._claim_of(group_id, id, stream)
+            if self._held_markers.get(handle) == seq:  # a finish marker told last time
+                del self._held_markers[handle]
         if self._held and self._held.get(handle) == seq:
             del self._held[handle]
         rc = lib.ahrpy_ack(self._ctx, handle, seq)

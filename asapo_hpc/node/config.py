@@ -60,6 +60,17 @@ FIELD_DOCS: dict[str, str] = {
                    "It claims nothing new meanwhile, so the ring fills and producers feel "
                    "backpressure.",
     "status_interval_s": "Seconds between the status lines of `asapo-hpc serve`.",
+    "metrics_port": "Port of the Prometheus /metrics endpoint (asapo_hpc.node.metrics): -1 = "
+                    "off (the default: no port opens unasked), 0 = any free port (logged in "
+                    "the node_started line, NodeService.metrics_url), else that port.",
+    "metrics_host": "Address the /metrics endpoint binds; 127.0.0.1 unless you mean to expose "
+                    "it (the figures are not secret, but nothing checks who asks).",
+    "influx_url": "InfluxDB write URL for an optional line-protocol push, e.g. "
+                  "http://host:8086/write?db=asapo (1.x) or "
+                  "http://host:8086/api/v2/write?org=o&bucket=b (2.x); empty = no push.",
+    "influx_token": "Sent as 'Authorization: Token <token>' with every push (InfluxDB 2.x); "
+                    "empty = no header.",
+    "influx_interval_s": "Seconds between two pushes to influx_url.",
     # SourceConfig
     "name": "Data source name (the ring is /dev/shm/<prefix>.<beamtime>.<name>).",
     "format": "'frames': messages of frame_shape x dtype (x parts) are stored as images; "
@@ -142,6 +153,11 @@ class NodeConfig:
     poll_ms: int = 200
     retry_max_s: float = 10.0
     status_interval_s: float = 5.0
+    metrics_port: int = -1
+    metrics_host: str = "127.0.0.1"
+    influx_url: str = ""
+    influx_token: str = ""
+    influx_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_root", Path(self.data_root))
@@ -156,6 +172,9 @@ class NodeConfig:
             raise AsapoWrongInputError(f"batch_size={self.batch_size} must be 1..256")
         if self.poll_ms < 1 or self.retry_max_s <= 0 or self.status_interval_s <= 0:
             raise AsapoWrongInputError("poll_ms, retry_max_s and status_interval_s must be > 0")
+        if not -1 <= self.metrics_port <= 65535 or self.influx_interval_s <= 0:
+            raise AsapoWrongInputError(f"metrics_port={self.metrics_port} must be -1 (off), 0 "
+                                       "(any free port) or a port; influx_interval_s > 0")
         self.sink.validated()
         Compression.parse(self.sink.compression)
 

@@ -324,6 +324,8 @@ class Recorder:
         self._wait_inflight()
         self._harvest()
         self._catalog.finish_stream(self.name, stream, last_id, exc.next_stream or "")
+        # the end is on record: now the marker (message last_id + 1) may leave the ring
+        self._consumer.acknowledge(SINK_GROUP, last_id + 1, stream=stream)
         self._writers.close_stream(stream)
         with self._lock:
             self._counters.stream(stream).finished = True

@@ -21,6 +21,7 @@ from asapo_hpc.errors import AsapoError
 from asapo_hpc.node.config import NodeConfig
 from asapo_hpc.node.counters import NodeCounters
 from asapo_hpc.node.events import event
+from asapo_hpc.node.metrics import NodeMetrics
 from asapo_hpc.node.recorder import Recorder
 
 
@@ -37,6 +38,7 @@ class NodeService:
         self._threads: list[threading.Thread] = []
         self._catalog: Catalog | None = None
         self._failed: list[str] = []
+        self._metrics: NodeMetrics | None = None
 
     def start(self) -> NodeService:
         """Open the catalog and the rings, start the recorders; returns self."""
@@ -50,6 +52,7 @@ class NodeService:
                 consumers.append(Consumer(self.config.beamtime, source.name,
                                           config=source.ring, create=True,
                                           batch_capacity=self.config.batch_size))
+            self._metrics = NodeMetrics(self.config, self.counters, lambda: self.failed_sources)
         except BaseException:
             for consumer in consumers:
                 consumer.close()
@@ -65,7 +68,8 @@ class NodeService:
             thread.start()
         event(logging.INFO, "node_started", beamtime=self.config.beamtime,
               sources=[s.name for s in self.config.sources],
-              data_root=str(self.config.data_root), catalog=str(self.config.catalog_path))
+              data_root=str(self.config.data_root), catalog=str(self.config.catalog_path),
+              metrics=self.metrics_url)
         return self
 
     def _run_recorder(self, recorder: Recorder) -> None:
@@ -80,6 +84,11 @@ class NodeService:
         return list(self._failed)
 
     @property
+    def metrics_url(self) -> str | None:
+        """URL of the /metrics endpoint (see asapo_hpc.node.metrics); None when off."""
+        return self._metrics.url if self._metrics else None
+
+    @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
@@ -88,6 +97,9 @@ class NodeService:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        if self._metrics is not None and not self.running:
+            self._metrics.close()
+            self._metrics = None
         if self._catalog is not None and not self.running:
             self._catalog.close()
             self._catalog = None

@@ -375,3 +375,28 @@ def test_groups_each_see_every_message(ring):
     # both groups acknowledged everything: the ring can take a full lap again
     for i in range(11, 27):
         producer.send(i, b"x")
+
+
+def test_finish_markers_in_a_batch_are_told_once_and_never_redelivered(ring):
+    producer, consumer = ring()
+    for i in range(1, 4):
+        producer.send(i, b"x", stream="a")
+    producer.send_stream_finished_flag("a", 3, next_stream="b")
+    for i in range(1, 3):
+        producer.send(i, b"y", stream="b")
+    producer.send_stream_finished_flag("b", 2)
+    seen = []
+    for _ in range(4):
+        try:
+            batch = consumer.get_next_batch("g", 64, timeout_ms=50)
+            seen.append([(m.stream, m.id) for m in batch])
+            consumer.acknowledge_batch("g", batch)
+        except AsapoStreamFinishedError as exc:
+            seen.append((exc.stream, exc.last_id, exc.next_stream))
+        except AsapoEndOfStreamError:
+            seen.append("end")
+    assert seen == [[("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)],
+                    ("a", 3, "b"), ("b", 2, None), "end"]
+    stats = consumer.group_stats("g")
+    assert (stats["delivered"], stats["acked"], stats["redelivered"], stats["floor"]) == \
+        (7, 7, 0, 7)

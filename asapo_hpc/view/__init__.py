@@ -1,0 +1,20 @@
+"""``asapo-hpc view``: a local web page showing the newest raw frame and integrated profile.
+
+Endpoints: ``/`` (the page, everything inline), ``/frame.png`` (the newest raw frame,
+downsampled to at most ``max_size`` pixels a side, percentile-clipped log or linear colour
+scale; header ``X-Frame-Id``), ``/profile.json`` (the newest profile: ``id``, ``unit``,
+``npt``, ``radial``, ``intensity``, ``sigma``), ``/status.json`` (ids, rates, errors of both
+sources). Reads are latest-value reads (``Consumer.get_last``) taken only when something new
+was published: the view never holds a producer back and skips what it cannot show.
+
+Raw frames: meta ``{"shape": [h, w], "dtype": "uint16"}`` (or the ``--shape`` / ``--dtype``
+defaults; a shape of more than two dimensions is shown as its modules stacked vertically).
+Profiles: see :mod:`asapo_hpc.view.profile`.
+"""
+
+from __future__ import annotations
+
+from asapo_hpc.view.render import Scale
+from asapo_hpc.view.server import ViewConfig, ViewServer
+
+__all__ = ["Scale", "ViewConfig", "ViewServer"]
