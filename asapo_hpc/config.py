@@ -153,12 +153,18 @@ class RingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> RingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise AsapoWrongInputError(
-                f"unknown ring settings {sorted(unknown)}; known: {sorted(known)}")
+        check_known_keys("ring", values, cls)
         return cls(**values)
+
+
+def check_known_keys(what: str, values: dict, cls: type) -> None:
+    """Refuse settings that the dataclass `cls` does not have, naming the known ones (one
+    check for every settings file: ring, node, sink, pipeline)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise AsapoWrongInputError(f"unknown {what} settings {sorted(unknown)}; "
+                                   f"known: {sorted(known)}")
 
 
 def check_name(value: str, what: str, max_len: int) -> str:

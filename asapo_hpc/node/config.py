@@ -36,7 +36,7 @@ import numpy as np
 import tomllib
 
 from asapo_hpc.client.disk import CATALOG_NAME
-from asapo_hpc.config import RingConfig, check_name
+from asapo_hpc.config import RingConfig, check_known_keys, check_name
 from asapo_hpc.errors import AsapoWrongInputError
 from asapo_hpc.sink import Compression, SinkSettings
 
@@ -131,7 +131,7 @@ class SourceConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SourceConfig:
         values = dict(values)
-        _check_keys("source", values, cls)
+        check_known_keys("source", values, cls)
         ring = values.pop("ring", {})
         if isinstance(ring, dict):
             ring = RingConfig.from_dict(ring)
@@ -194,22 +194,14 @@ class NodeConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> NodeConfig:
         values = dict(values)
-        _check_keys("node", values, cls)
+        check_known_keys("node", values, cls)
         sink = values.pop("sink", {})
         if isinstance(sink, dict):
-            _check_keys("sink", sink, SinkSettings)
+            check_known_keys("sink", sink, SinkSettings)
             sink = SinkSettings(**sink)
         sources = tuple(s if isinstance(s, SourceConfig) else SourceConfig.from_dict(s)
                         for s in values.pop("sources", ()))
         return cls(sink=sink, sources=sources, **values)
-
-
-def _check_keys(what: str, values: dict[str, Any], cls: type) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise AsapoWrongInputError(f"unknown {what} settings {sorted(unknown)}; "
-                                   f"known: {sorted(known)}")
 
 
 def load_config(path: str | os.PathLike | None = None, *, data_root: str | None = None,

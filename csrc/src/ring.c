@@ -380,6 +380,18 @@ static int group_handle(const struct ahr_ring *r, uint32_t i)
     return (int)((load_relaxed(&r->groups[i].gen) & 0xffffffu) << GROUP_INDEX_BITS | i);
 }
 
+/* The prologue of every call on a group for a member: the group's index, or an error. */
+static int resolve(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t *gi)
+{
+    int i = group_index(r, group);
+    if (i < 0)
+        return i;
+    if (check_member(r, m))
+        return -EINVAL;
+    *gi = (uint32_t)i;
+    return 0;
+}
+
 int ahr_join(struct ahr_ring *r, uint32_t role)
 {
     int32_t pid = getpid();
@@ -1384,12 +1396,10 @@ static void wait_published(struct ahr_ring *r, uint32_t seen, uint64_t ns)
 int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout_ns,
                  struct ahr_msg *out)
 {
-    int rc = group_index(r, group);
-    if (rc < 0)
-        return rc;
-    uint32_t gi = (uint32_t)rc;
-    if (check_member(r, m) || !out)
-        return -EINVAL;
+    uint32_t gi;
+    int rc = resolve(r, group, m, &gi);
+    if (rc || !out)
+        return rc ? rc : -EINVAL;
     uint32_t mgen = member_gen(r, m);
     uint64_t deadline = deadline_after(timeout_ns);
     uint64_t stuck;
@@ -1448,12 +1458,10 @@ static uint64_t own_claim(const struct ahr_ring *r, uint32_t gi, uint32_t m, uin
 
 int ahr_ack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 {
-    int rc = group_index(r, group);
-    if (rc < 0)
+    uint32_t gi;
+    int rc = resolve(r, group, m, &gi);
+    if (rc)
         return rc;
-    uint32_t gi = (uint32_t)rc;
-    if (check_member(r, m))
-        return -EINVAL;
     uint64_t tag = own_claim(r, gi, m, seq, CLAIM_TAKEN);
     if (!tag)
         return -ESTALE;
@@ -1469,12 +1477,10 @@ int ahr_ack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 int ahr_ack_batch(struct ahr_ring *r, uint32_t group, uint32_t m, const uint64_t *seqs,
                   uint32_t n)
 {
-    int rc = group_index(r, group);
-    if (rc < 0)
+    uint32_t gi;
+    int rc = resolve(r, group, m, &gi);
+    if (rc)
         return rc;
-    uint32_t gi = (uint32_t)rc;
-    if (check_member(r, m))
-        return -EINVAL;
     uint32_t done = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t tag = own_claim(r, gi, m, seqs[i], CLAIM_TAKEN);
@@ -1490,11 +1496,10 @@ int ahr_ack_batch(struct ahr_ring *r, uint32_t group, uint32_t m, const uint64_t
 int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t stream,
                    uint64_t id, uint64_t *seq)
 {
-    int gi = group_index(r, group);
-    if (gi < 0)
-        return gi;
-    if (check_member(r, m) || !seq)
-        return -EINVAL;
+    uint32_t gi;
+    int rc = resolve(r, group, m, &gi);
+    if (rc || !seq)
+        return rc ? rc : -EINVAL;
     const struct seg_group *g = &r->groups[gi];
     uint64_t f = load_acquire(&g->floor), nx = load_acquire(&g->next);
     if (nx < f || nx - f > r->cfg.slot_count)
@@ -1506,7 +1511,7 @@ int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_
         if (ss_seq(ss) != s || span == 0)
             return -ENOENT; /* the window moved: it is no longer held */
         if (ss_state(ss) == DESC_PUBLISHED && d->id == id && d->stream == stream &&
-            own_claim(r, (uint32_t)gi, m, s, CLAIM_TAKEN)) {
+            own_claim(r, gi, m, s, CLAIM_TAKEN)) {
             *seq = s;
             return 0;
         }
@@ -1517,12 +1522,10 @@ int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_
 
 int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint64_t delay_ns)
 {
-    int rc = group_index(r, group);
-    if (rc < 0)
+    uint32_t gi;
+    int rc = resolve(r, group, m, &gi);
+    if (rc)
         return rc;
-    uint32_t gi = (uint32_t)rc;
-    if (check_member(r, m))
-        return -EINVAL;
     uint64_t tag = own_claim(r, gi, m, seq, CLAIM_TAKEN);
     if (!tag)
         return -ESTALE;
