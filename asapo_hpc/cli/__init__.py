@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 
@@ -53,6 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     from asapo_hpc.cli.serve import run as _serve
     _serve_arguments(p)
     p.set_defaults(func=_serve)
+    p = sub.add_parser("status", help="live view of a node: rates, ring fill, group lag")
+    from asapo_hpc.cli.status import add_arguments as _status_arguments
+    from asapo_hpc.cli.status import run as _status
+    _status_arguments(p)
+    p.set_defaults(func=_status)
+    p = sub.add_parser("view", help="live web view of the newest raw frame and profile")
+    from asapo_hpc.cli.view import add_arguments as _view_arguments
+    from asapo_hpc.cli.view import run as _view
+    _view_arguments(p)
+    p.set_defaults(func=_view)
+    for name, module, text in (
+            ("simulate", "simulate", "publish simulated detector frames into a ring"),
+            ("pipeline", "pipeline", "run a pipeline file (stages of workers between rings)"),
+            ("demo", "demo", "simulator -> stitch -> azint with HDF5 recording, summary, PNG")):
+        p = sub.add_parser(name, help=text)
+        cli_module = importlib.import_module(f"asapo_hpc.cli.{module}")
+        cli_module.add_arguments(p)
+        p.set_defaults(func=cli_module.run)
     return parser
 
 

@@ -164,7 +164,7 @@ class Consumer:
         next one a batch held back (raises AsapoStreamFinishedError)."""
         self._ack_marker(handle)
         pending = self._pending_finish.get(handle)
-        if pending is not None:
+        if pending:
             marker = pending.pop(0)
             if not pending:
                 del self._pending_finish[handle]
@@ -225,10 +225,12 @@ class Consumer:
         records = batch._records
         is_marker = (records["flags"] & 1).astype(bool)
         markers = [batch[i] for i in np.flatnonzero(is_marker)]
-        if is_marker.all():
-            self._pending_finish.setdefault(batch._group, []).extend(markers[1:])
-            self._finish(markers[0], group_id, stream)
-        self._pending_finish.setdefault(batch._group, []).extend(markers)
+        told_now = markers[0] if is_marker.all() else None
+        held_back = markers[1:] if told_now is not None else markers
+        if held_back:  # never an empty list: _markers_first pops from what is here
+            self._pending_finish.setdefault(batch._group, []).extend(held_back)
+        if told_now is not None:
+            self._finish(told_now, group_id, stream)
         keep = np.flatnonzero(~is_marker)
         buf = ffi.new("struct ahr_msg[]", len(keep))
         kept = np.frombuffer(ffi.buffer(buf), dtype=MSG_DTYPE)

@@ -24,6 +24,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -99,7 +100,8 @@ class Recorder:
                 self.step()
         except BaseException as exc:
             self._note_error(exc)
-            event(logging.ERROR, "recorder_failed", source=self.name, error=repr(exc))
+            event(logging.ERROR, "recorder_failed", source=self.name, error=repr(exc),
+                  traceback=traceback.format_exc())
             raise
         finally:
             self._shutdown()

@@ -400,3 +400,21 @@ def test_finish_markers_in_a_batch_are_told_once_and_never_redelivered(ring):
     stats = consumer.group_stats("g")
     assert (stats["delivered"], stats["acked"], stats["redelivered"], stats["floor"]) == \
         (7, 7, 0, 7)
+
+
+def test_a_batch_of_only_a_finish_marker_then_more_streams(ring):
+    """A batch holding nothing but a marker ends the stream; the next calls go on normally
+    (regression: this once left an empty hold-back list that the next call popped from)."""
+    producer, consumer = ring()
+    producer.send(1, b"x", stream="a")
+    batch = consumer.get_next_batch("g", 64, timeout_ms=50)
+    consumer.acknowledge_batch("g", batch)
+    producer.send_stream_finished_flag("a", 1, next_stream="b")
+    with pytest.raises(AsapoStreamFinishedError):
+        consumer.get_next_batch("g", 64, timeout_ms=50)
+    producer.send(1, b"y", stream="b")
+    batch = consumer.get_next_batch("g", 64, timeout_ms=50)
+    assert [(m.stream, m.id) for m in batch] == [("b", 1)]
+    consumer.acknowledge_batch("g", batch)
+    with pytest.raises(AsapoEndOfStreamError):
+        consumer.get_next_batch("g", 64, timeout_ms=50)

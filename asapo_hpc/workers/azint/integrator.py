@@ -224,19 +224,15 @@ class AzimuthalIntegrator:
                 step = kernels.PACK_MAX_PIXELS
                 for i in range(0, raw.size, step):  # one call for frames up to 33 Mpixel
                     sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16,
-                                         raw[i:i + step], corr.bins[i:i + step], engine.npt,
-                                         kernels.CHUNK)
+                                         raw[i:i + step], corr.bins[i:i + step], engine.npt)
                     out[0] += sig
                     out[1] += var
                 return out
-            nch = kernels.n_chunks(raw.size)
-            return kernels.hist_checked(
-                raw, corr.bins, engine.npt, corr.norm, corr.dark, check_dummy, d, dd, nch
-            )
+            return self._run("hist_checked", kernels.hist_checked, raw, corr.bins, engine.npt,
+                             corr.norm, corr.dark, check_dummy, d, dd)
         if raw.dtype.kind in "ui" and not check_dummy:
             out = np.zeros((6, engine.npt))
-            out[:2] = self._run("split_pass", kernels.split_pass, raw, *corr.table, engine.npt,
-                                kernels.CHUNK)
+            out[:2] = self._run("split_pass", kernels.split_pass, raw, *corr.table, engine.npt)
             return out
         check = check_dummy or raw.dtype.kind == "f"
         return kernels.csr_pass(

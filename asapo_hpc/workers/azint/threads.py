@@ -1,14 +1,16 @@
 """Thread count of the per-frame passes, chosen from measured call times.
 
 On a machine shared with other processes, a parallel pass on every core can be slower than
-on one: a thread descheduled mid-pass holds up the join. :class:`ThreadChooser` keeps a
-running mean of the call time per thread count, runs the fastest, and retries the others
-now and then so it follows the load.
+on one: a thread descheduled mid-pass holds up the join. :class:`ThreadChooser` keeps the
+last few call times per thread count, runs the count with the lowest median, and retries
+the others now and then so it follows the load.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 
 import numba
 
@@ -16,12 +18,12 @@ import numba
 class ThreadChooser:
     """Run a Numba parallel function with the thread count that has been fastest lately."""
 
-    def __init__(self, explore_every: int = 16, alpha: float = 0.3):
+    def __init__(self, explore_every: int = 16, window: int = 5):
         self.explore_every = explore_every
-        self.alpha = alpha
-        self.mean: dict[int, float] = {}  # thread count -> running mean of seconds
+        self.recent: dict[int, deque] = {}  # thread count -> last call times (s)
         self.seen: dict[int, int] = {}  # thread count -> calls (the first is a warm-up)
         self.calls = 0
+        self.window = window
 
     def options(self) -> list[int]:
         """Thread counts tried: 1 and the current Numba thread count."""
@@ -33,9 +35,9 @@ class ThreadChooser:
         for n in opts:
             if self.seen.get(n, 0) < 2:  # a warm-up call, then one measured
                 return n
-        best = min(opts, key=lambda n: self.mean[n])
-        if self.calls % self.explore_every == 0:
-            others = [n for n in opts if n != best]
+        best = min(opts, key=lambda n: statistics.median(self.recent[n]))
+        others = [n for n in opts if n != best]
+        if others and self.calls % self.explore_every == 0:
             return others[(self.calls // self.explore_every) % len(others)]
         return best
 
@@ -44,22 +46,18 @@ class ThreadChooser:
         self.calls += 1
         seen = self.seen.get(n, 0)
         self.seen[n] = seen + 1
-        if seen == 0:
-            return
-        old = self.mean.get(n)
-        self.mean[n] = seconds if old is None else old + self.alpha * (seconds - old)
+        if seen > 0:
+            self.recent.setdefault(n, deque(maxlen=self.window)).append(seconds)
 
     def run(self, fn, *args):
-        """``fn(*args)`` on the chosen thread count, prange iterations handed out one by one
-        (dynamic scheduling); the caller's settings are restored."""
+        """``fn(*args)`` on the chosen thread count; the caller's count is restored."""
         n = self.pick()
         prev = numba.get_num_threads()
         numba.set_num_threads(n)
         try:
-            with numba.parallel_chunksize(1):
-                t0 = time.perf_counter()
-                out = fn(*args)
-                self.record(n, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = fn(*args)
+            self.record(n, time.perf_counter() - t0)
         finally:
             numba.set_num_threads(prev)
         return out

@@ -1,0 +1,169 @@
+"""One instance of a stage: the body of a spawned process.
+
+Work sharing between the ``instances`` of a stage is by frame id: instance ``i`` of ``n``
+reads the input ring in its own durable consumer group ``<stage>.<i>of<n>`` and processes
+the frames with ``(id - 1) % n == i``, acknowledging the others at once. Why not one shared
+group: a group hands each *message* to one member, so the 12 parts of a dataset would be
+scattered over the members, and only one member would be told that a stream finished. Own
+groups keep a frame's parts together, tell every instance about every finish marker, and
+cost one descriptor claim per message and instance (no data is touched). The price: the
+split is static, so a slow instance is not helped by the others.
+
+Per frame: the parts are numpy views into the input ring (no copy); built-in workers write
+into a slot reserved in the output ring (no copy) which is committed with the same id, in
+the stream ``output_stream`` names. The metadata carries ``trace``: one
+``[stage, t_in_ns, t_out_ns]`` entry per stage passed (t_in = publication of the input,
+the last part for a dataset), from which per-stage latencies are computed.
+
+The instance talks to the runner over a queue: ``progress``, ``finished`` (a stream ended:
+the runner finishes the output stream once every instance passed the marker), ``failed``
+(the exception and traceback; the process then exits with code 1) and ``done``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from asapo_hpc.client import Consumer, Message, Producer
+from asapo_hpc.errors import AsapoEndOfStreamError, AsapoStreamFinishedError
+from asapo_hpc.pipeline.spec import PipelineSpec, StageSpec
+from asapo_hpc.pipeline.workers import make_worker
+
+OUTPUT_META_CAPACITY = 4096
+PRODUCER_TIMEOUT_MS = 300_000  # a stalled downstream (first Numba compile) is waited for
+_POLL_MS = 200
+_PROGRESS_EVERY_S = 0.25
+
+
+class StageInstance:
+    """Instance ``index`` of ``stage``: input ring -> worker -> output ring."""
+
+    def __init__(self, spec: PipelineSpec, stage: StageSpec, index: int, reports: Any,
+                 stop: Any):
+        self.spec, self.stage, self.index = spec, stage, index
+        self.group = stage.group(index)
+        self._reports, self._stop = reports, stop
+        self.source = spec.source(stage.input)
+        self.output = spec.source(stage.output)
+        self.worker = make_worker(stage.worker, spec.stage_options(stage), self.source,
+                                  spec.base_dir)
+        self.consumer = Consumer(spec.beamtime, stage.input, create=False,
+                                 batch_capacity=max(stage.batch, 1))
+        self.producer = Producer(spec.beamtime, stage.output, create=False,
+                                 timeout_ms=PRODUCER_TIMEOUT_MS)
+        self._pending: dict[tuple[str, int], dict[int, Message]] = {}
+        self.frames = 0
+        self._reported_at = 0.0
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Process until a stream finishes without a next stream (or the runner stops us)."""
+        while not self._stop.is_set():
+            try:
+                batch = self.consumer.get_next_batch(self.group, self.stage.batch,
+                                                     timeout_ms=_POLL_MS)
+            except AsapoStreamFinishedError as exc:
+                if self._on_finish(exc):
+                    break
+                continue
+            except AsapoEndOfStreamError:
+                if os.getppid() == 1:  # the runner is gone: nobody will stop us
+                    break
+                continue
+            self._take(list(batch))
+            self._progress()
+        self._progress(force=True)
+
+    def _take(self, messages: list[Message]) -> None:
+        n = self.stage.instances
+        others = [m for m in messages if (m.id - 1) % n != self.index]
+        if others:
+            self.consumer.acknowledge_batch(self.group, others)
+        for msg in messages:
+            if (msg.id - 1) % n == self.index:
+                self._add(msg)
+
+    def _add(self, msg: Message) -> None:
+        dataset = msg.dataset
+        if dataset is None:
+            self._process([msg])
+            return
+        key = (msg.stream, msg.id)
+        parts = self._pending.setdefault(key, {})
+        parts[dataset[0]] = msg
+        if len(parts) == dataset[1]:
+            del self._pending[key]
+            self._process([parts[k] for k in sorted(parts)])
+
+    # ------------------------------------------------------------------ one frame
+
+    def _process(self, messages: list[Message]) -> None:
+        src = self.source
+        parts = [m.array(src.dtype, src.frame_shape) for m in messages]
+        first = messages[0]
+        meta_in = first.meta
+        meta = {k: v for k, v in meta_in.items() if k not in ("module", "trace")}
+        trace = list(meta_in.get("trace", []))
+        t_in = max(m.timestamp for m in messages)
+        stream = self.stage.out_stream(first.stream)
+        worker = self.worker
+        if worker.out_shape is not None:
+            dtype = np.dtype(worker.out_dtype)
+            nbytes = int(np.prod(worker.out_shape)) * dtype.itemsize
+            with self.producer.reserve(nbytes, meta_capacity=OUTPUT_META_CAPACITY) as res:
+                meta.update(worker(parts, meta_in, res.array(dtype, worker.out_shape)) or {})
+                meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
+                res.commit(first.id, meta, stream=stream)
+        else:
+            result = np.ascontiguousarray(worker(parts, meta_in))
+            meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
+            self.producer.send(first.id, result, meta, stream=stream)
+        self.consumer.acknowledge_batch(self.group, messages)
+        self.frames += 1
+
+    # ------------------------------------------------------------------ streams, reports
+
+    def _on_finish(self, exc: AsapoStreamFinishedError) -> bool:
+        """Report the finished stream; True when no stream follows (the instance ends)."""
+        stream = exc.stream or ""
+        incomplete = [k for k in self._pending if k[0] == stream]
+        for key in incomplete:  # parts that never completed a dataset: let them go
+            self.consumer.acknowledge_batch(self.group, list(self._pending.pop(key).values()))
+        self._reports.put(("finished", self.stage.name, self.index, stream,
+                           exc.last_id or 0, exc.next_stream, len(incomplete)))
+        return exc.next_stream is None
+
+    def _progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._reported_at >= _PROGRESS_EVERY_S:
+            self._reported_at = now
+            self._reports.put(("progress", self.stage.name, self.index, self.frames))
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.close()
+
+
+def run_instance(spec_values: dict[str, Any], stage_name: str, index: int, reports: Any,
+                 stop: Any) -> None:
+    """Process entry point (multiprocessing spawn): run, report, exit 1 on any error."""
+    instance = None
+    try:
+        spec = PipelineSpec.from_dict(spec_values)
+        instance = StageInstance(spec, spec.stage(stage_name), index, reports, stop)
+        reports.put(("ready", stage_name, index))
+        instance.run()
+        reports.put(("done", stage_name, index, instance.frames))
+    except BaseException as exc:  # reported, then the exit code says it too
+        reports.put(("failed", stage_name, index, f"{type(exc).__name__}: {exc}",
+                     traceback.format_exc()))
+        raise SystemExit(1) from None
+    finally:
+        if instance is not None:
+            instance.close()

@@ -1,0 +1,84 @@
+"""Pipelines end to end on small frames: results equal the workers called directly,
+failures are reported with the stage's name, finish markers propagate, rings go away."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asapo_hpc.detectors.frames import PowderFrames
+from asapo_hpc.detectors.simulator import default_geometry
+from asapo_hpc.pipeline import PipelineError, PipelineSpec, run_pipeline
+from asapo_hpc.pipeline.results import read_profiles, stage_latencies
+from asapo_hpc.pipeline.workers import AzintWorker
+from asapo_hpc.workers.stitch import Stitcher
+
+from .conftest import HERE, SMALL_LAYOUT, shm_entries
+
+FRAMES = 5
+
+
+def two_stage_spec(tmp_path, stitch_instances: int = 2) -> PipelineSpec:
+    return PipelineSpec.from_dict({
+        "beamtime": "bt", "data_root": str(tmp_path / "data"), "compression": "none",
+        "detector": {"layout": str(SMALL_LAYOUT)},
+        "sources": [{"name": "raw", "record": True}, {"name": "profiles", "record": True}],
+        "stages": [{"name": "stitch", "worker": "stitch", "input": "raw",
+                    "output": "stitched", "instances": stitch_instances, "batch": 3},
+                   {"name": "azint", "worker": "azint", "input": "stitched",
+                    "output": "profiles", "output_stream": "{stream}_iq",
+                    "options": {"npt": 64, "unit": "2th_deg"}}],
+        "simulate": {"source": "raw", "frames": FRAMES, "stream": "scan"},
+    })
+
+
+def test_two_stage_pipeline_equals_the_workers_called_directly(shm_prefix, tmp_path,
+                                                                small_layout):
+    spec = two_stage_spec(tmp_path)
+    result = run_pipeline(spec)
+    assert result.stage_frames == {"stitch": FRAMES, "azint": FRAMES}
+    assert result.streams["profiles"] == {"scan_iq": FRAMES}  # finish reached the end
+    assert shm_entries(shm_prefix) == []
+
+    prof = read_profiles(spec.data_root, "bt", "profiles", "scan_iq")
+    np.testing.assert_array_equal(prof.ids, np.arange(1, FRAMES + 1))
+    frames = PowderFrames(small_layout, default_geometry(small_layout))
+    stitcher = Stitcher(small_layout, large_pixels=True, output="input")
+    azint = AzintWorker({"layout": str(SMALL_LAYOUT), "npt": 64, "unit": "2th_deg"},
+                        spec.source("stitched"), HERE)
+    for k in range(FRAMES):
+        direct = azint.integrate(stitcher(frames.module_frames(k)))
+        np.testing.assert_allclose(prof.radial[k], direct.radial, rtol=1e-12)
+        np.testing.assert_allclose(prof.intensity[k], direct.intensity, rtol=1e-10)
+        np.testing.assert_allclose(prof.sigma[k], direct.sigma, rtol=1e-10)
+    assert prof.intensity.max() > 0 and np.all(prof.sigma >= 0)
+    lat = stage_latencies(spec.data_root / "catalog.sqlite", "profiles", "scan_iq")
+    assert set(lat) == {"stitch", "azint", "total"}
+    assert all(len(v) == FRAMES and np.all(v >= 0) for v in lat.values())
+
+
+def test_a_stage_that_raises_is_reported_with_its_name(shm_prefix, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))  # spawned children inherit sys.path
+    spec = PipelineSpec.from_dict({
+        "beamtime": "bt", "data_root": str(tmp_path / "data"),
+        "detector": {"layout": str(SMALL_LAYOUT)},
+        "sources": [{"name": "raw"}, {"name": "sums", "frame_shape": [1], "dtype": "float64"}],
+        "stages": [{"name": "stitch", "worker": "stitch", "input": "raw", "output": "img"},
+                   {"name": "explode", "worker": "asapo_pipeline_test_workers:explode",
+                    "input": "img", "output": "sums", "options": {"fail_at": 2}}],
+        "simulate": {"source": "raw", "frames": 4},
+    })
+    with pytest.raises(PipelineError) as info:
+        run_pipeline(spec)
+    text = str(info.value)
+    assert "stage 'explode' instance 0 failed" in text
+    assert "ValueError: boom at frame 2" in text
+    assert shm_entries(shm_prefix) == []
+
+
+def test_bad_pipeline_files_are_refused_with_the_reason(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text('[[sources]]\nname = "raw"\n[[stages]]\nname = "s"\nworker = "stitch"\n'
+                   'input = "nowhere"\noutput = "raw"\n')
+    with pytest.raises(Exception, match="'nowhere' is not declared"):
+        PipelineSpec.from_file(bad)
