@@ -370,14 +370,15 @@ static int group_index(const struct ahr_ring *r, uint32_t handle)
         return -ENOENT;
     const struct seg_group *g = &r->groups[i];
     if (load_acquire(&g->state) != GROUP_LIVE ||
-        (load_relaxed(&g->gen) & 0xffffffu) != handle >> GROUP_INDEX_BITS)
+        (load_relaxed(&g->gen) & 0x7fffffu) != handle >> GROUP_INDEX_BITS)
         return -ENOENT;
     return (int)i;
 }
 
 static int group_handle(const struct ahr_ring *r, uint32_t i)
 {
-    return (int)((load_relaxed(&r->groups[i].gen) & 0xffffffu) << GROUP_INDEX_BITS | i);
+    /* 23 bits of generation: a 24th would make the handle a negative int (an errno) */
+    return (int)((load_relaxed(&r->groups[i].gen) & 0x7fffffu) << GROUP_INDEX_BITS | i);
 }
 
 /* The prologue of every call on a group for a member: the group's index, or an error. */

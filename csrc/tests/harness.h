@@ -29,8 +29,8 @@
 
 /* A segment name unique to this test process, removed at exit. */
 static char test_segment[64];
-static void test_cleanup(void) { ahr_unlink(test_segment); }
-static const char *test_name(const char *tag)
+static inline void test_cleanup(void) { ahr_unlink(test_segment); }
+static inline const char *test_name(const char *tag)
 {
     snprintf(test_segment, sizeof test_segment, "ahr_ctest_%s_%d", tag, (int)getpid());
     ahr_unlink(test_segment);
@@ -38,7 +38,7 @@ static const char *test_name(const char *tag)
     return test_segment;
 }
 
-static struct ahr_ring *make_ring(const char *tag, uint32_t slots, uint32_t slot_size,
+static inline struct ahr_ring *make_ring(const char *tag, uint32_t slots, uint32_t slot_size,
                                   const char *const *groups, uint32_t n_groups)
 {
     struct ahr_config cfg;
@@ -50,7 +50,7 @@ static struct ahr_ring *make_ring(const char *tag, uint32_t slots, uint32_t slot
     return r;
 }
 
-static struct ahr_pub make_pub(uint32_t stream, uint64_t id, uint64_t len)
+static inline struct ahr_pub make_pub(uint32_t stream, uint64_t id, uint64_t len)
 {
     struct ahr_pub p = {0};
     p.id = id;
