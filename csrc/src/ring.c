@@ -393,6 +393,20 @@ static int resolve(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_
     return 0;
 }
 
+static uint64_t min_floor(const struct ahr_ring *r, uint32_t exclude);
+
+/* A dead member's intent matters while its range may hold a sequence it took but never
+ * described: not when the head never reached the range (its head CAS never happened),
+ * nor once every durable group has passed the range. */
+static int intent_settled(const struct ahr_ring *r, const struct seg_member *e)
+{
+    uint64_t first = load_acquire(&e->intent_seq); /* pairs with take_sequences */
+    if (first == 0)
+        return 1;
+    uint64_t end = load_relaxed(&e->intent_end);
+    return first - 1 >= load_acquire(&r->hdr->head) || end <= min_floor(r, UINT32_MAX);
+}
+
 int ahr_join(struct ahr_ring *r, uint32_t role)
 {
     int32_t pid = getpid();
@@ -404,7 +418,7 @@ int ahr_join(struct ahr_ring *r, uint32_t role)
             uint64_t w = load_acquire(&e->word);
             if (pass == 1 && (w & 0xff) != MEMBER_FREE) {
                 /* Reuse a dead member's entry, unless a reservation of it awaits recovery. */
-                if (entry_process_alive(e) || load_acquire(&e->intent_seq) != 0)
+                if (entry_process_alive(e) || !intent_settled(r, e))
                     continue;
                 fetch_add_relaxed(&e->gen, 1); /* its old claims now name a dead member */
                 if (!cas_acq_rel(&e->word, &w, 0))

@@ -116,7 +116,7 @@ struct ahr_ring_stats {
     uint64_t head;          /* next sequence to reserve */
     uint64_t published;     /* sequence + 1 of the newest published message, 0 if none */
     uint64_t min_floor;     /* lowest floor over durable groups (head when none) */
-    uint32_t members;       /* live member entries */
+    uint32_t members;       /* member entries in use (live, or dead and not yet reused) */
     uint32_t groups;
 };
 
