@@ -44,12 +44,14 @@ static int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t tim
 }
 
 /* get_next that first acknowledges the member's previous message of the group (`prev`,
- * or UINT64_MAX for none): one crossing per message. *prev_rc gets the ack's result. */
+ * or UINT64_MAX for none): one crossing per message. Returns get_next's result, or 1 when
+ * a message came but the acknowledgement failed (its lease had expired). */
 static int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev,
-                              int64_t timeout_ns, struct ahr_msg *out, int *prev_rc)
+                              int64_t timeout_ns, struct ahr_msg *out)
 {
-    *prev_rc = prev == UINT64_MAX ? 0 : ahr_ack(c->ring, group, c->member, prev);
-    return ahr_get_next(c->ring, group, c->member, timeout_ns, out);
+    int ack = prev == UINT64_MAX ? 0 : ahr_ack(c->ring, group, c->member, prev);
+    int rc = ahr_get_next(c->ring, group, c->member, timeout_ns, out);
+    return rc == 0 && ack ? 1 : rc;
 }
 
 static int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq)

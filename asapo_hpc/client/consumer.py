@@ -86,7 +86,6 @@ class Consumer:
         self.auto_ack = bool(auto_ack)
         self._held: dict[int, int] = {}  # group handle -> seq of the last get_next message
         self._held_batch: dict[int, MessageBatch] = {}  # group handle -> last batch
-        self._prev_rc = ffi.new("int *")
         self._resend: tuple[int, int] | None = None
         self.timeout_ns = int(timeout_ms * 1e6)
         self.beamtime, self.data_source = beamtime, data_source
@@ -143,14 +142,13 @@ class Consumer:
             if self._held_batch:
                 self._ack_held(handle, single=False)
             prev = self._held.pop(handle, _NO_SEQ)
-            rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, timeout, self._msg_buf,
-                                        self._prev_rc)
-            if self._prev_rc[0]:
-                self._warn_auto_ack(prev)
+            rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, timeout, self._msg_buf)
         else:
             rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
         if rc:
-            return self._no_message(rc, group_id, stream)
+            if rc != 1:
+                return self._no_message(rc, group_id, stream)
+            self._warn_auto_ack(prev)  # a message came; the previous one's lease had expired
         msg = _new(self._msg_class[handle])
         f = msg._fields = MSG_FIELDS.unpack_from(self._msg_bytes)
         if f[9] & 1:  # a finish marker is acknowledged here and told as an error

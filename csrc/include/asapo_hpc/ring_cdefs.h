@@ -123,7 +123,7 @@ struct ahrpy_ctx {
 int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream, const char *meta, uint32_t meta_len);
 int ahrpy_send_bare(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream);
 int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t timeout_ns, struct ahr_msg *out);
-int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev, int64_t timeout_ns, struct ahr_msg *out, int *prev_rc);
+int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev, int64_t timeout_ns, struct ahr_msg *out);
 int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq);
 int ahrpy_ack_msgs(const struct ahrpy_ctx *c, uint32_t group, const struct ahr_msg *msgs, uint32_t n);
 int ahrpy_send(struct ahr_ring *ring, uint32_t member, const void *data, uint64_t data_len, uint64_t id, uint32_t stream, uint32_t flags, uint32_t ds_substream, uint32_t ds_size, const char *name, uint32_t name_len, const char *meta, uint32_t meta_len, int64_t timeout_ns);
