@@ -44,7 +44,8 @@ def ring_teardown(creator: Any) -> None:
 def _producer(channel: dict) -> Any:
     from asapo_hpc.client import Producer
 
-    return Producer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000)
+    return Producer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000,
+                    copy_threads=int(os.environ.get("ASAPO_BENCH_COPY_THREADS", "2")))
 
 
 def _consumer(channel: dict, auto_ack: bool = False) -> Any:

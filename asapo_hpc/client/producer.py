@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -124,8 +125,11 @@ class Producer:
     """Publishes messages of one (beamtime, data source) into the node's shared ring."""
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
-                 create: bool = True, timeout_ms: int | None = None):
+                 create: bool = True, timeout_ms: int | None = None,
+                 copy_threads: int | None = None):
         settings = config or RingConfig()
+        if copy_threads is not None:  # a producer-side setting: no segment setting changes
+            settings = dataclasses.replace(settings, copy_threads=copy_threads)
         self._segment = open_segment(beamtime, data_source, config, create)
         self._copy_pool = ThreadPoolExecutor(settings.copy_threads - 1,
                                              thread_name_prefix="asapo-copy") \
@@ -205,17 +209,18 @@ class Producer:
 
     def _send_parallel(self, id: int, buf: Any, meta_b: bytes, stream: str,
                        dataset: tuple[int, int] | None, name: str) -> int:
-        """reserve, copy in copy_threads page-aligned pieces at once, commit. Returns 0."""
+        """reserve, copy in copy_threads page-aligned pieces at once (streaming stores; cffi
+        lets go of the GIL in C), commit. Returns 0."""
         name_b = name.encode()
         res = self.reserve(len(buf), meta_capacity=len(meta_b) + len(name_b))
-        raw = buf if isinstance(buf, ffi.CData) else ffi.from_buffer(buf)
-        src = np.frombuffer(ffi.buffer(raw), dtype=np.uint8)
-        dst = res.data
-        step = -(-len(src) // self._copy_threads // 4096) * 4096
-        pieces = [(dst[a:a + step], src[a:a + step]) for a in range(0, len(src), step)]
+        src = buf if isinstance(buf, ffi.CData) else ffi.from_buffer(buf)
+        dst = ffi.from_buffer(res.data)
+        n = len(src)
+        step = -(-n // self._copy_threads // 4096) * 4096
         try:
-            futures = [self._copy_pool.submit(np.copyto, d, s) for d, s in pieces[1:]]
-            np.copyto(*pieces[0])  # numpy releases the GIL: the pieces copy in parallel
+            futures = [self._copy_pool.submit(lib.ahr_copy_stream, dst + a, src + a,
+                                              min(step, n - a)) for a in range(step, n, step)]
+            lib.ahr_copy_stream(dst, src, min(step, n))
             for future in futures:
                 future.result()
         except BaseException:

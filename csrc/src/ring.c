@@ -24,6 +24,10 @@
 
 #include "layout.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define SPIN_NS 50000ull                /* a waiter polls this long before sleeping */
 #define SLICE_NS 50000000ull            /* a sleeper wakes this often to look for the dead */
 #define SCAN_INTERVAL_NS 100000000ull   /* busy members look for expired leases this often */
@@ -1085,6 +1089,35 @@ int ahr_abort(struct ahr_ring *r, const struct ahr_reservation *res)
     return 0;
 }
 
+void ahr_copy_stream(void *dst, const void *src, uint64_t n)
+{
+#if defined(__SSE2__)
+    uint8_t *d = dst;
+    const uint8_t *p = src;
+    uint64_t head = (16 - ((uintptr_t)d & 15)) & 15; /* streaming stores want 16-byte aligned */
+    if (n < head + 64) {
+        memcpy(d, p, n);
+        return;
+    }
+    memcpy(d, p, head);
+    d += head, p += head, n -= head;
+    for (; n >= 64; d += 64, p += 64, n -= 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)p);
+        __m128i b = _mm_loadu_si128((const __m128i *)(p + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(p + 32));
+        __m128i e = _mm_loadu_si128((const __m128i *)(p + 48));
+        _mm_stream_si128((__m128i *)d, a);
+        _mm_stream_si128((__m128i *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(d + 32), c);
+        _mm_stream_si128((__m128i *)(d + 48), e);
+    }
+    memcpy(d, p, n);
+    _mm_sfence(); /* streaming stores are weakly ordered: fence before the publishing store */
+#else
+    memcpy(dst, src, n);
+#endif
+}
+
 int ahr_send(struct ahr_ring *r, uint32_t member, const void *data, const struct ahr_pub *pub,
              const char *name, uint32_t name_len, const char *meta, uint32_t meta_len,
              int64_t timeout_ns, uint64_t *seq_out)
@@ -1097,7 +1130,10 @@ int ahr_send(struct ahr_ring *r, uint32_t member, const void *data, const struct
     int rc = ahr_reserve(r, member, pub->data_len, name_len + meta_len, timeout_ns, &res);
     if (rc)
         return rc;
-    memcpy(r->base + res.data_offset, data, pub->data_len);
+    if (pub->data_len >= AHR_STREAM_COPY_MIN)
+        ahr_copy_stream(r->base + res.data_offset, data, pub->data_len);
+    else
+        memcpy(r->base + res.data_offset, data, pub->data_len);
     rc = ahr_commit(r, &res, pub, name, name_len, meta, meta_len);
     if (rc) {
         ahr_abort(r, &res);

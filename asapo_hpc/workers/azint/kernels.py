@@ -1,9 +1,12 @@
 """Numba kernels for radial integration; each has a NumPy twin in :mod:`.reference`.
 
-Per-frame kernels read only the frame and a per-pixel bin index (no split) or the CSR matrix
-(split modes). Sums that do not depend on the frame (normalisation, count, dark) are
-precomputed per bin; pixels found invalid in a frame (NaN, dummy) are subtracted from them,
-so the per-pixel normalisation is read only for those rare pixels.
+Per-frame kernels read only the frame and a per-pixel bin index (no split), a pixel-major
+table (split modes, integer frames: first bin + one float32 weight per pixel, the few pixels
+over 3+ bins in a short list) or the CSR matrix (split modes with per-pixel checks). All
+stream the frame once, in pixel order, into private per-thread bins; work items are handed
+out through an atomic counter. Sums that do not depend on the frame (normalisation, count,
+dark) are precomputed per bin; pixels found invalid in a frame (NaN, dummy) are subtracted
+from them, so the per-pixel normalisation is read only for those rare pixels.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ PACK_SHIFT = 40
 PACK_LOW = (1 << PACK_SHIFT) - 1
 LANES = 4  # interleaved sub-histograms: breaks store-to-load chains on runs of equal bins
 #: Pixels one call of :func:`hist_packed_u16` may take: each lane counter sees at most
-#: 1/LANES of them, so neither packed field overflows (2^23 zeros, 2^40 / 65535 sum).
-PACK_MAX_PIXELS = LANES << 23
+#: 1/LANES of them, so neither packed field overflows (< 2^23 zeros below the sign bit,
+#: sum < 2^40).
+PACK_MAX_PIXELS = LANES * ((1 << 23) - 1)
 #: Pixels per work item of the per-frame passes (a multiple of the lane counts). Threads take
 #: items from a shared atomic counter (a core busy with another process takes fewer) and add
-#: into their own private bins. (numba.parallel_chunksize costs ~2 ms per call here.)
+#: into their own private bins (numba.parallel_chunksize costs ~2 ms per call here). The
+#: passes take the thread count as an argument: numba.get_num_threads() is the usual value.
 CHUNK = 1 << 14
 SPLIT_LANES = 2  # sub-histograms of the 2-bin split pass (2 x 16 kB for 1000 bins)
 
@@ -243,7 +248,7 @@ def hist_static_sums(bins, norm, dark, npt, nchunks):
 
 # ---------------------------------------------------------------------------- per-frame passes
 @njit(parallel=True, cache=True)
-def hist_packed_u16(raw, bins, npt):
+def hist_packed_u16(raw, bins, npt, nthreads):
     """No-split pass for uint16 frames without dynamic validity checks.
 
     Reads 2 B of frame + 2 B of bin index per pixel; one integer add per pixel into private
@@ -251,7 +256,7 @@ def hist_packed_u16(raw, bins, npt):
     dynamically. At most :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
     """
     n = raw.size
-    nt = numba.get_num_threads()
+    nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, LANES, npt + 1), np.int64)
     nch = (n + CHUNK - 1) // CHUNK
     counter = np.zeros(1, np.int64)
@@ -337,7 +342,7 @@ def pixel_table(data, indices, indptr, npix, bins, w0):
 
 
 @njit(parallel=True, cache=True)
-def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt):
+def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt, nthreads):
     """Split-mode pass for integer frames without dynamic validity checks.
 
     Pixel order, frame read once: pixel j adds w0·raw to bin ``bins[j]`` and
@@ -348,7 +353,7 @@ def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt):
     :func:`pixel_table` was made from.
     """
     n = raw.size
-    nt = numba.get_num_threads()
+    nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, SPLIT_LANES, npt + 2, 2))
     nch = (n + CHUNK - 1) // CHUNK
     nex = ex_pix.size
@@ -390,7 +395,7 @@ def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt):
 
 
 @njit(parallel=True, cache=True)
-def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy):
+def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nthreads):
     """No-split pass for any frame dtype with NaN / dummy checks.
 
     Returns a (6, npt) float64 array: Σsignal, Σvariance of valid pixels, and for pixels
@@ -399,7 +404,7 @@ def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy):
     dynamically.
     """
     n = raw.size
-    nt = numba.get_num_threads()
+    nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, npt + 1, 6))
     nch = (n + CHUNK - 1) // CHUNK
     counter = np.zeros(1, np.int64)

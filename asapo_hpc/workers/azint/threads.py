@@ -18,8 +18,9 @@ import numba
 class ThreadChooser:
     """Run a Numba parallel function with the thread count that has been fastest lately."""
 
-    def __init__(self, explore_every: int = 16, window: int = 5):
+    def __init__(self, explore_every: int = 16, window: int = 5, first_samples: int = 3):
         self.explore_every = explore_every
+        self.first_samples = first_samples
         self.recent: dict[int, deque] = {}  # thread count -> last call times (s)
         self.seen: dict[int, int] = {}  # thread count -> calls (the first is a warm-up)
         self.calls = 0
@@ -32,9 +33,9 @@ class ThreadChooser:
     def pick(self) -> int:
         """Thread count for the next call."""
         opts = self.options()
-        for n in opts:
-            if self.seen.get(n, 0) < 2:  # a warm-up call, then one measured
-                return n
+        fewest = min(opts, key=lambda n: self.seen.get(n, 0))
+        if self.seen.get(fewest, 0) < 1 + self.first_samples:  # warm-up, then alternate
+            return fewest
         best = min(opts, key=lambda n: statistics.median(self.recent[n]))
         others = [n for n in opts if n != best]
         if others and self.calls % self.explore_every == 0:
@@ -50,13 +51,13 @@ class ThreadChooser:
             self.recent.setdefault(n, deque(maxlen=self.window)).append(seconds)
 
     def run(self, fn, *args):
-        """``fn(*args)`` on the chosen thread count; the caller's count is restored."""
+        """``fn(*args, n)`` on the chosen thread count ``n``; the caller's count is restored."""
         n = self.pick()
         prev = numba.get_num_threads()
         numba.set_num_threads(n)
         try:
             t0 = time.perf_counter()
-            out = fn(*args)
+            out = fn(*args, n)
             self.record(n, time.perf_counter() - t0)
         finally:
             numba.set_num_threads(prev)
