@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import numba
 import numpy as np
 import pyFAI.detectors
 import pytest
@@ -92,7 +94,7 @@ def test_histogram_kernels_match_reference(dtype):
     s, v, nn, c = reference.preprocess_reference(raw, dummy=dummy)
     ref = reference.histogram_reference(bins, npt, s, v, np.ones(n, np.float32), c)
     got = kernels.hist_checked(raw, bins, npt, norm, dark, True, np.float32(dummy),
-                               np.float32(0), 3)
+                               np.float32(0), 2)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-12)
     bad = (c == 0) & (bins < npt)
@@ -100,7 +102,7 @@ def test_histogram_kernels_match_reference(dtype):
                                rtol=1e-6)
     np.testing.assert_array_equal(got[4], np.bincount(bins[bad], minlength=npt + 1)[:npt])
     if dtype == np.uint16:
-        sig, var = kernels.hist_packed_u16(raw, bins, npt, 3)
+        sig, var = kernels.hist_packed_u16(raw, bins, npt, 2)
         s, v, _, c = reference.preprocess_reference(raw)
         ref = reference.histogram_reference(bins, npt, s, v, np.ones(n, np.float32), c)
         np.testing.assert_array_equal(sig, ref[0])
@@ -309,3 +311,166 @@ def test_wrong_input_errors(frame):
         ai.integrate1d(frame, NPT, error_model="azimuthal")
     with pytest.raises(AsapoWrongInputError, match="bad radial_range"):
         ai.integrate1d(frame, NPT, radial_range=(5.0, 1.0))
+
+
+# ------------------------------------------------------------------ pixel-major split pass
+def _thread_counts():
+    return sorted({1, numba.config.NUMBA_NUM_THREADS})
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _random_csr(rng, npix=6000, npt=60):
+    center, delta, crad, cchi, valid = _random_pixels(npix, rng)
+    bbox = kernels.bbox_csr(center, delta, valid, 0.05, 0.95, npt)
+    full = kernels.full_csr(crad, cchi, valid, 0.05, 0.95, npt)
+    return bbox, full
+
+
+def test_pair_weights_sum_to_one_in_float32():
+    rng = np.random.default_rng(7)
+    for data, indices, _ in _random_csr(rng):
+        nper = np.bincount(indices)
+        pairs = np.flatnonzero(nper == 2)
+        order = np.argsort(indices, kind="stable")  # rows ascending within each pixel
+        first = np.concatenate(([0], np.cumsum(nper)[:-1]))
+        w = data[order]
+        np.testing.assert_array_equal(w[first[pairs] + 1], np.float32(1) - w[first[pairs]])
+
+
+def test_pixel_table_matches_reference():
+    rng = np.random.default_rng(8)
+    for data, indices, indptr in _random_csr(rng):
+        npix = 6000
+        bins = np.empty(npix, np.uint16)
+        w0 = np.empty(npix, np.float32)
+        ex = kernels.pixel_table(data, indices, indptr, npix, bins, w0)
+        ref = reference.pixel_table_reference(data, indices, indptr, npix)
+        np.testing.assert_array_equal(bins, ref[0])
+        np.testing.assert_array_equal(w0, ref[1])
+        for got, want in zip(ex, ref[2:], strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert 0 < ex[0].size < data.size  # both kinds present in this random matrix
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
+def test_split_pass_matches_reference_csr_pass_and_scipy(dtype):
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(9)
+    npix, npt = 6000, 60  # the COO lists get their own work items after the pixels
+    raw = rng.integers(0, 40, npix).astype(dtype)
+    raw[::13] = 0
+    if dtype != np.uint16:
+        raw[::17] = 2**24 + 1  # not a float32: every path rounds it like pyFAI
+    norm = np.ones(npix, np.float32)
+    dark = np.zeros(npix, np.float32)
+    for data, indices, indptr in _random_csr(rng, npix, npt):
+        bins = np.empty(npix, np.uint16)
+        w0 = np.empty(npix, np.float32)
+        table = (bins, w0, *kernels.pixel_table(data, indices, indptr, npix, bins, w0))
+        want = reference.split_pass_reference(raw, *table, npt)
+        csr = kernels.csr_pass(raw, data, indices, indptr, norm, dark, False, False,
+                               np.float32(0), np.float32(0))
+        r32 = raw.astype(np.float32).astype(np.float64)
+        m = csr_matrix((data.astype(np.float64), indices, indptr), shape=(npt, npix))
+        for nthreads in _thread_counts():
+            with _threads(nthreads):
+                got = kernels.split_pass(raw, *table, npt, nthreads)
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+            np.testing.assert_allclose(got, csr[:2], rtol=1e-12)
+            np.testing.assert_allclose(got[0], m @ r32, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [5, 2 * kernels.CHUNK, 6 * kernels.CHUNK + 3])
+def test_hist_packed_exact_for_any_chunking(n):
+    rng = np.random.default_rng(10)
+    npt = 50
+    raw = rng.integers(0, 65536, n).astype(np.uint16)
+    raw[rng.random(n) < 0.3] = 0
+    raw[::101] = 65535
+    bins = rng.integers(0, npt + 1, n).astype(np.uint16)
+    s, v, _, c = reference.preprocess_reference(raw)
+    ref = reference.histogram_reference(bins, npt, s.astype(np.float64), v, s, c)
+    exact = np.bincount(bins, raw.astype(np.float64), npt + 1)[:npt]
+    zeros = np.bincount(bins[raw == 0], minlength=npt + 1)[:npt]
+    for nthreads in (1, 2, 5):  # more threads than the pool: the first ones do the work
+        with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
+            sig, var = kernels.hist_packed_u16(raw, bins, npt, nthreads)
+        np.testing.assert_array_equal(sig, exact)
+        np.testing.assert_array_equal(var, exact + zeros)
+        np.testing.assert_allclose(sig, ref[0], rtol=1e-12)
+
+
+def test_only_pixels_over_three_bins_leave_the_pixel_table(frame):
+    ai, _ = make_pair(GEOMETRIES["tilted"])
+    for method in ("bbox", "full"):
+        ai.integrate1d(frame, NPT, unit="2th_deg", method=method)
+        corr = ai._corrections[(method, "csr")][1]
+        bins, _, ex_pix, _, _ = corr.table
+        nper = np.bincount(corr.matrix[1], minlength=bins.size)
+        np.testing.assert_array_equal(np.unique(ex_pix), np.flatnonzero(nper >= 3))
+        assert (nper[bins < NPT] <= 2).all()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
+def test_integer_split_path_equals_csr_path(frame, dtype):
+    ai, _ = make_pair(GEOMETRIES["off-centre"])
+    data = frame.astype(dtype)
+    data[::9, ::4] = 0
+    mask = np.zeros(SHAPE, bool)
+    mask[10:20, 30:60] = True
+    for method in ("bbox", "full"):
+        ours = ai.integrate1d(data, NPT, unit="q_nm^-1", method=method, mask=mask)
+        corr = ai._corrections[(method, "csr")][1]
+        csr = kernels.csr_pass(data.ravel(), *corr.matrix, corr.norm, corr.dark, False, False,
+                               np.float32(0), np.float32(0))
+        np.testing.assert_allclose(ours.sum_signal, csr[0], rtol=1e-12)
+        np.testing.assert_allclose(ours.sum_variance, csr[1], rtol=1e-12)
+
+
+@numba.njit(parallel=True)
+def _count_with_fetch_add(n, nthreads):
+    counter = np.zeros(2, np.int64)
+    got = np.zeros(n, np.int64)
+    for _ in numba.prange(nthreads):
+        while True:
+            i = kernels.fetch_add(counter, 0, 1)
+            if i >= n:
+                break
+            got[i] += 1
+            kernels.fetch_add(counter, 1, 1)
+    return counter, got
+
+
+def test_fetch_add_hands_out_each_item_once():
+    counter, got = _count_with_fetch_add(100000, 4)
+    assert (got == 1).all() and counter[1] == 100000 and counter[0] >= 100000
+
+
+def test_thread_chooser_follows_the_faster_count(monkeypatch):
+    from asapo_hpc.workers.azint import threads
+
+    chooser = threads.ThreadChooser(explore_every=4, first_samples=2)
+    monkeypatch.setattr(chooser, "options", lambda: [1, 2])
+    clock = iter(range(10**6))
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: next(clock))
+    used = []
+    for _ in range(30):
+        n = chooser.pick()
+        used.append(n)
+        chooser.record(n, 1.0 if n == 2 else 3.0)
+    assert used[:6] == [1, 2, 1, 2, 1, 2]  # alternating: a warm-up and two measured each
+    assert used[6:].count(2) > used[6:].count(1) > 0  # mostly the faster, sometimes the other
+    before = numba.get_num_threads()
+    n, inside = threads.ThreadChooser().run(lambda n: (n, numba.get_num_threads()))
+    assert n == inside and n in (1, before)
+    assert numba.get_num_threads() == before
