@@ -22,6 +22,7 @@ from asapo_hpc.client.message import (
     OwnedMessage,
     message_class,
 )
+from asapo_hpc.client.streams import ConsumerStreams
 from asapo_hpc.config import RingConfig, check_name
 from asapo_hpc.errors import (
     AsapoDataNotInCacheError,
@@ -47,7 +48,7 @@ def generate_group_id() -> str:
     return "".join(secrets.choice(_GROUP_ID_CHARS) for _ in range(20))
 
 
-class Consumer:
+class Consumer(ConsumerStreams):
     """Reads messages of one (beamtime, data source) from the node's shared ring.
 
     Every message of a stream goes to exactly one member of each consumer group; groups
@@ -430,6 +431,7 @@ class Consumer:
                 self._ack_held(handle)
             for handle in list(self._held_markers):
                 self._ack_marker(handle)
+            self._close_streams()
             self._segment.leave(self._member)
             self._segment.close()
 

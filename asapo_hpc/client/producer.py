@@ -19,6 +19,7 @@ from asapo_hpc.client._common import (
     open_segment,
 )
 from asapo_hpc.client.message import FINISH_NAME, NO_NEXT_STREAM
+from asapo_hpc.client.streams import ProducerStreams
 from asapo_hpc.config import RingConfig
 from asapo_hpc.errors import ERRNO_HINTS, AsapoRingFullError, AsapoWrongInputError
 
@@ -121,12 +122,12 @@ class Reservation:
         self.abort()
 
 
-class Producer:
+class Producer(ProducerStreams):
     """Publishes messages of one (beamtime, data source) into the node's shared ring."""
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
                  create: bool = True, timeout_ms: int | None = None,
-                 copy_threads: int | None = None):
+                 copy_threads: int | None = None, data_root: str | None = None):
         settings = config or RingConfig()
         if copy_threads is not None:  # a producer-side setting: no segment setting changes
             settings = dataclasses.replace(settings, copy_threads=copy_threads)
@@ -147,6 +148,7 @@ class Producer:
         self._ctx.ring, self._ctx.member = self._ptr, self._member
         self.timeout_ns = int(timeout_s * 1e9)
         self.beamtime, self.data_source = beamtime, data_source
+        self.data_root = data_root  # the node's data folder, for stream and beamtime metadata
 
     @property
     def timeout_ns(self) -> int:
@@ -287,6 +289,7 @@ class Producer:
     def close(self) -> None:
         if self._copy_pool is not None:
             self._copy_pool.shutdown()
+        self._close_streams()
         if not self._segment.closed:
             self._segment.leave(self._member)
             self._segment.close()
