@@ -30,17 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default="./asapo_demo", help="where files are left")
     p.add_argument("--npt", type=int, default=1000, help="radial bins")
     p.add_argument("--stitch-instances", type=int, default=1, help="stitch processes")
+    p.add_argument("--compression", default="bslz4", choices=("bslz4", "zstd", "none"),
+                   help="raw-data recording (bslz4: ~15 ms of CPU per frame, 3.4x smaller)")
 
 
 def demo_spec(frames: int, rate: float, data_root: Path, npt: int = 1000,
-              stitch_instances: int = 1) -> Any:
+              stitch_instances: int = 1, compression: str = "bslz4") -> Any:
     """The demo's pipeline, as a PipelineSpec."""
     from asapo_hpc.pipeline import PipelineSpec
 
     return PipelineSpec.from_dict({
-        "beamtime": BEAMTIME, "data_root": str(data_root.resolve()), "compression": "bslz4",
-        "sources": [{"name": "raw", "record": True, "frames_in_ring": 8},
-                    {"name": "stitched", "frames_in_ring": 4},
+        "beamtime": BEAMTIME, "data_root": str(data_root.resolve()), "compression": compression,
+        "sources": [{"name": "raw", "record": True, "frames_in_ring": 16},
+                    {"name": "stitched", "frames_in_ring": 8},
                     {"name": "profiles", "record": True, "frames_in_ring": 64}],
         "stages": [{"name": "stitch", "worker": "stitch", "input": "raw",
                     "output": "stitched", "instances": stitch_instances,
@@ -185,13 +187,14 @@ def make_png(spec: Any, data_root: Path, frame_id: int) -> Path:
 
 def run_demo(frames: int = DEFAULT_FRAMES, rate: float = 0.0,
              data_root: str | Path = "./asapo_demo", npt: int = 1000,
-             stitch_instances: int = 1, out: Any = sys.stdout) -> dict[str, Any]:
+             stitch_instances: int = 1, out: Any = sys.stdout,
+             compression: str = "bslz4") -> dict[str, Any]:
     """Run the demo; returns paths and figures (also printed to ``out``)."""
     from asapo_hpc.pipeline import run_pipeline
     from asapo_hpc.pipeline.results import stage_latencies
 
     root = Path(data_root)
-    spec = demo_spec(frames, rate, root, npt, stitch_instances)
+    spec = demo_spec(frames, rate, root, npt, stitch_instances, compression)
     raw = spec.source("raw")
     frame_bytes = raw.part_nbytes * raw.parts
     print(f"asapo-hpc demo: {frames} Lambda 9M frames ({frame_bytes / 1e6:.1f} MB each) -> "
@@ -222,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
     from asapo_hpc.errors import AsapoError
 
     try:
-        run_demo(args.frames, args.rate, args.data_root, args.npt, args.stitch_instances)
+        run_demo(args.frames, args.rate, args.data_root, args.npt, args.stitch_instances,
+                 compression=args.compression)
     except AsapoError as exc:
         print(f"asapo-hpc demo: {exc}", file=sys.stderr)
         return 1

@@ -150,12 +150,18 @@ def open_producer(beamtime: str, source: str, config: RingConfig) -> Producer:
 def simulate(beamtime: str, source: str, frames: int, rate: float = 0.0, *,
              stream: str = "default", layout: Lambda9MLayout | None = None,
              geometry: PoniGeometry | None = None, config: RingConfig | None = None,
-             seed: int = 0) -> SimulationReport:
+             seed: int = 0, before_run: Callable[[], None] | None = None) -> SimulationReport:
     """Publish ``frames`` frames into the ring of (beamtime, source), then finish the stream.
+
+    ``before_run()`` is called once the frames are ready to go (the bank is drawn, the
+    producer attached), right before the first frame: the pipeline runner waits there for
+    its stages to be warm.
 
     An existing ring (made by a node service or pipeline) is used with its own settings;
     a missing one is created with ``config`` (default ``ring_config(layout)``)."""
     layout = layout or Lambda9MLayout.default()
     with open_producer(beamtime, source, config or ring_config(layout)) as producer:
         simulator = LambdaSimulator(producer, layout, geometry, seed=seed)
+        if before_run is not None:
+            before_run()
         return simulator.run(frames, rate, stream=stream)

@@ -11,7 +11,9 @@
    processed data, with the catalog, replay by id and master files for free
    (``pipeline.results`` reads them back);
 3. spawns ``instances`` processes per stage (multiprocessing ``spawn``) and the simulator
-   when the file has ``[simulate]``;
+   when the file has ``[simulate]``; the simulator builds its frames at once but publishes
+   only when every stage instance reported ``ready`` (warmed up: Numba compiled or loaded),
+   so start-up is not measured as streaming and frames do not pile up behind a compile;
 4. watches: when every instance of a stage has passed the finish marker of a stream, it
    finishes the stage's output stream (same last id: stages map frames 1:1, naming the
    next output stream); a stage that raises, or a process that dies, stops the pipeline
@@ -87,7 +89,19 @@ class PipelineResult:
         return sorted(folder.glob("*/*.h5"), key=lambda p: ("master" not in p.name, p))
 
 
-def _simulate_process(spec_values: dict[str, Any], reports: Any) -> None:
+class _Stopped(Exception):
+    """The runner stopped the pipeline before the simulator was told to go."""
+
+
+def _wait_go(go: Any, stop: Any) -> None:
+    """Until the runner says go (every stage ready) or stop."""
+    while not go.wait(0.05):
+        if stop is not None and stop.is_set():
+            raise _Stopped
+
+
+def _simulate_process(spec_values: dict[str, Any], reports: Any, go: Any = None,
+                      stop: Any = None) -> None:
     """Process entry point of the simulator (multiprocessing spawn)."""
     import traceback
 
@@ -101,9 +115,12 @@ def _simulate_process(spec_values: dict[str, Any], reports: Any) -> None:
         layout = load_layout(options, spec.base_dir)
         report = simulate(spec.beamtime, sim.source, sim.frames, sim.rate, stream=sim.stream,
                           layout=layout, geometry=load_geometry(options, layout, spec.base_dir),
-                          seed=sim.seed)
+                          seed=sim.seed,
+                          before_run=None if go is None else lambda: _wait_go(go, stop))
         reports.put(("simulated", report.frames, report.seconds, report.rate_asked,
                      report.bytes))
+    except _Stopped:
+        return
     except BaseException as exc:
         reports.put(("failed", "simulate", 0, f"{type(exc).__name__}: {exc}",
                      traceback.format_exc()))
@@ -121,6 +138,8 @@ class PipelineRunner:
         self._ctx = multiprocessing.get_context("spawn")
         self._reports = self._ctx.Queue()
         self._stop = self._ctx.Event()
+        self._go = self._ctx.Event()  # set when every stage instance is ready
+        self._ready: set[tuple[str, int]] = set()
         self._procs: dict[tuple[str, int], Any] = {}
         self._producers: dict[str, Producer] = {}
         self._service = None
@@ -180,9 +199,12 @@ class PipelineRunner:
                                                self._stop), daemon=True)
                 proc.start()
                 self._procs[(stage.name, i)] = proc
+        if not self.spec.stages:
+            self._go.set()
         if self.spec.simulate is not None:
             proc = self._ctx.Process(target=_simulate_process, name="asapo-simulate",
-                                     args=(values, self._reports), daemon=True)
+                                     args=(values, self._reports, self._go, self._stop),
+                                     daemon=True)
             proc.start()
             self._procs[("simulate", 0)] = proc
 
@@ -217,7 +239,11 @@ class PipelineRunner:
 
     def _handle(self, report: tuple) -> None:
         kind, stage, index = report[:3]
-        if kind == "progress":
+        if kind == "ready":
+            self._ready.add((stage, index))
+            if len(self._ready) == sum(s.instances for s in self.spec.stages):
+                self._go.set()
+        elif kind == "progress":
             self._frames[(stage, index)] = report[3]
         elif kind == "done":
             self._frames[(stage, index)] = report[3]

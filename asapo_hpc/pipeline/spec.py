@@ -24,6 +24,7 @@ A TOML file (``asapo-hpc pipeline run FILE``)::
     input = "raw"
     output = "stitched"
     instances = 1
+    threads = 0                     # Numba threads per instance, 0 = auto
     output_stream = "{stream}"      # output stream name from the input stream's
     [stages.options]                # given to the worker
     large_pixels = true
@@ -40,6 +41,7 @@ Relative paths (``layout``, ``poni`` options, data_root) are relative to the fil
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,7 @@ class StageSpec:
     output_stream: str = "{stream}"
     options: dict[str, Any] = field(default_factory=dict)
     batch: int = 32
+    threads: int = 0  # Numba threads per instance; 0 = cores / busy processes (stage.py)
 
     def group(self, index: int) -> str:
         """The consumer group of instance ``index``: each instance has its own (see stage.py)."""
@@ -183,6 +186,15 @@ class PipelineSpec:
     def stage_options(self, stage: StageSpec) -> dict[str, Any]:
         """The stage's options over the pipeline's [detector] table."""
         return {**self.detector, **stage.options}
+
+    def stage_threads(self, stage: StageSpec) -> int:
+        """Numba threads of one instance of ``stage``: its ``threads``, else the cores over
+        every busy process (all stage instances, the simulator, the node service)."""
+        if stage.threads > 0:
+            return stage.threads
+        busy = sum(s.instances for s in self.stages) + (self.simulate is not None) + \
+            any(s.record for s in self.sources)
+        return max(1, (os.cpu_count() or 1) // max(busy, 1))
 
     def ring_config(self, source: str) -> RingConfig:
         return self.source(source).ring_config(self.groups_of(source))

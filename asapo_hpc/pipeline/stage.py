@@ -15,9 +15,15 @@ the stream ``output_stream`` names. The metadata carries ``trace``: one
 ``[stage, t_in_ns, t_out_ns]`` entry per stage passed (t_in = publication of the input,
 the last part for a dataset), from which per-stage latencies are computed.
 
-The instance talks to the runner over a queue: ``progress``, ``finished`` (a stream ended:
-the runner finishes the output stream once every instance passed the marker), ``failed``
-(the exception and traceback; the process then exits with code 1) and ``done``.
+Before it reports ``ready``, the instance sets its Numba thread count (the stage's
+``threads``; 0 = the cores shared out over every busy process of the pipeline: parallel
+regions on an oversubscribed machine wait for descheduled threads at every join) and runs
+its built-in worker once on a zero frame, so Numba compiles / cache loads happen before the
+runner lets the simulator start, not while frames queue up.
+
+The instance talks to the runner over a queue: ``ready``, ``progress``, ``finished`` (a
+stream ended: the runner finishes the output stream once every instance passed the marker),
+``failed`` (the exception and traceback; the process then exits with code 1) and ``done``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,15 @@ class StageInstance:
         self._pending: dict[tuple[str, int], dict[int, Message]] = {}
         self.frames = 0
         self._reported_at = 0.0
+
+    def warm_up(self) -> None:
+        """Run a built-in worker once on zeros (Numba compile / cache load, engine tables)."""
+        worker = self.worker
+        if worker.out_shape is None:  # a user function: may have side effects, not called
+            return
+        src = self.source
+        parts = [np.zeros(src.frame_shape, src.dtype) for _ in range(max(src.parts, 1))]
+        worker(parts, {}, np.empty(worker.out_shape, worker.out_dtype))
 
     # ------------------------------------------------------------------ loop
 
@@ -150,13 +165,22 @@ class StageInstance:
         self.producer.close()
 
 
+def set_threads(n: int) -> None:
+    """Numba's thread count in this process (at most its configured maximum)."""
+    import numba
+
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
 def run_instance(spec_values: dict[str, Any], stage_name: str, index: int, reports: Any,
                  stop: Any) -> None:
     """Process entry point (multiprocessing spawn): run, report, exit 1 on any error."""
     instance = None
     try:
         spec = PipelineSpec.from_dict(spec_values)
+        set_threads(spec.stage_threads(spec.stage(stage_name)))
         instance = StageInstance(spec, spec.stage(stage_name), index, reports, stop)
+        instance.warm_up()
         reports.put(("ready", stage_name, index))
         instance.run()
         reports.put(("done", stage_name, index, instance.frames))

@@ -82,3 +82,17 @@ def test_bad_pipeline_files_are_refused_with_the_reason(tmp_path):
                    'input = "nowhere"\noutput = "raw"\n')
     with pytest.raises(Exception, match="'nowhere' is not declared"):
         PipelineSpec.from_file(bad)
+
+
+def test_stage_threads_are_given_or_shared_out_over_busy_processes(tmp_path):
+    import os
+
+    from asapo_hpc.cli.demo import demo_spec
+
+    spec = demo_spec(4, 0.0, tmp_path)
+    busy = 2 + 1 + 1  # stitch, azint, simulator, node service
+    assert spec.stage_threads(spec.stage("azint")) == max(1, (os.cpu_count() or 1) // busy)
+    values = spec.to_dict()
+    values["stages"][0]["threads"] = 3
+    spec = PipelineSpec.from_dict(values)
+    assert spec.stage_threads(spec.stage("stitch")) == 3

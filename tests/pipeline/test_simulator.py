@@ -8,7 +8,7 @@ import pytest
 from asapo_hpc.client import Consumer
 from asapo_hpc.detectors.frames import PowderFrames
 from asapo_hpc.detectors.simulator import default_geometry, ring_config, simulate
-from asapo_hpc.errors import AsapoStreamFinishedError
+from asapo_hpc.errors import AsapoEndOfStreamError, AsapoStreamFinishedError
 
 
 def test_publishes_n_frames_as_datasets_with_the_generator_counts(shm_prefix, small_layout):
@@ -45,3 +45,19 @@ def test_pacing_spreads_frames_over_the_asked_rate(shm_prefix, small_layout):
     assert report.frames == 4
     assert report.seconds >= 3 / 40.0  # frame i is not published before i / rate
     assert "frames/s held" in report.summary()
+
+
+def test_before_run_is_called_before_the_first_frame(shm_prefix, small_layout):
+    config = ring_config(small_layout, frames_in_ring=4, groups=("check",))
+    consumer = Consumer("bt", "det", config=config, create=True)
+    published_when_called = []
+    try:
+        def before_run():
+            with pytest.raises(AsapoEndOfStreamError):  # nothing published yet
+                consumer.get_next_batch("check", 1, timeout_ms=0)
+            published_when_called.append(True)
+
+        report = simulate("bt", "det", 2, 0.0, layout=small_layout, before_run=before_run)
+        assert report.frames == 2 and published_when_called == [True]
+    finally:
+        consumer.close()
