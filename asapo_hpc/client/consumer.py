@@ -69,6 +69,7 @@ class Consumer(ConsumerStreams):
         self._member = self._segment.join(lib.AHR_ROLE_CONSUMER)
         self._streams = StreamTable(self._segment)
         self._groups: dict[tuple[str, str | None], int] = {}
+        self._all_streams: dict[str, int] = {}  # the same handles, for stream=None
         self._msg_class: dict[int, type[Message]] = {}  # group handle -> its Message class
         self._retired: set[tuple[str, str | None]] = set()  # groups whose stream ended
         self._held_markers: dict[int, int] = {}  # group handle -> finish marker told last
@@ -108,8 +109,16 @@ class Consumer(ConsumerStreams):
                 check(lib.ahr_group_set_resend(self._segment.ptr, handle, *self._resend),
                       "set_resend_nacs")
             self._groups[key] = handle
+            if stream is None:
+                self._all_streams[group_id] = handle
             self._msg_class[handle] = message_class(self, handle)
         return handle
+
+    def _forget_group(self, group_id: str, stream: str | None) -> None:
+        """Drop a cached handle (its group was retired): the next call opens it again."""
+        self._groups.pop((group_id, stream), None)
+        if stream is None:
+            self._all_streams.pop(group_id, None)
 
     def _stream_name(self, idx: int) -> str:
         return self._streams.name(idx)
@@ -133,7 +142,8 @@ class Consumer(ConsumerStreams):
         Raises AsapoStreamFinishedError at the end of a finished stream (with the next
         stream's name), AsapoEndOfStreamError when nothing came before the timeout.
         """
-        handle = self._groups.get((group_id, stream))
+        # groups following every stream are looked up by name alone (no tuple per call)
+        handle = self._all_streams.get(group_id) if stream is None else None
         if handle is None:
             handle = self._group(group_id, stream)
         if self._held_markers or self._pending_finish:
@@ -187,7 +197,8 @@ class Consumer(ConsumerStreams):
         Returns a MessageBatch: a sequence of Messages made on demand, with ``arrays()``
         for the data views alone. Acknowledge it whole with ``acknowledge_batch``.
         """
-        handle = self._groups.get((group_id, stream))
+        # groups following every stream are looked up by name alone (no tuple per call)
+        handle = self._all_streams.get(group_id) if stream is None else None
         if handle is None:
             handle = self._group(group_id, stream)
         n = max(1, min(int(n), self._batch_capacity))
@@ -249,7 +260,7 @@ class Consumer(ConsumerStreams):
             next_stream = None
         if stream is not None:  # a one-stream group has nothing more to follow
             lib.ahr_group_retire(self._segment.ptr, marker._group)
-            self._groups.pop((group_id, stream), None)
+            self._forget_group(group_id, stream)
             self._retired.add((group_id, stream))
         raise AsapoStreamFinishedError(
             f"stream {marker.stream!r} is finished (last id {marker.id - 1}); "
@@ -258,7 +269,7 @@ class Consumer(ConsumerStreams):
 
     def _no_message(self, rc: int, group_id: str, stream: str | None) -> Message:
         if rc == _ENOENT:  # the group was retired (its stream ended) by another member
-            self._groups.pop((group_id, stream), None)
+            self._forget_group(group_id, stream)
         if rc == _ENOENT or (rc == _EAGAIN and stream is not None):
             finished = self._finished_state(stream)
             if finished is not None:

@@ -1454,8 +1454,12 @@ int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout
     uint32_t mgen = member_gen(r, m);
     uint64_t deadline = deadline_after(timeout_ns);
     uint64_t stuck;
+    rc = poll_once(r, gi, m, mgen, out, &stuck); /* the fast path reads no shared counter */
+    if (rc != -EAGAIN)
+        return rc;
     uint64_t spin_until = 0;
     for (uint32_t spins = 0;; spins++) {
+        /* read before the poll that finds nothing, so a commit in between is not missed */
         uint32_t seen = atomic_load_explicit(&r->hdr->published_count, memory_order_seq_cst);
         rc = poll_once(r, gi, m, mgen, out, &stuck);
         if (rc != -EAGAIN)
