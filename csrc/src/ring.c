@@ -1586,11 +1586,14 @@ int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint6
         return -ESTALE;
     struct seg_claim *c = claim_at(r, gi, seq);
     uint64_t due_ms = (mono_ns() + delay_ns) / 1000000ull;
-    /* The new deadline goes in first: a scanner that sees NACKED sees its deadline. */
-    store_release(&c->lease, make_lease(tag_lap(tag), tag_attempts(tag), due_ms));
+    /* State first, deadline second. The other order let a scanner see a TAKEN claim whose
+     * lease was already the (short) nack delay and take it from a live owner (test_threads:
+     * a second delivery, then this nack failing). In this order a scanner that sees
+     * NACKED before the new deadline lands still reads the claim's own lease: not due. */
     uint64_t nacked = (tag & ~0xfull) | CLAIM_NACKED;
     if (!cas_acq_rel(&c->tag, &tag, nacked))
         return -ESTALE;
+    store_release(&c->lease, make_lease(tag_lap(tag), tag_attempts(tag), due_ms));
     atomic_fetch_add_explicit(&r->groups[gi].nacked, 1, memory_order_relaxed);
     return 0;
 }
