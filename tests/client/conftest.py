@@ -3,35 +3,14 @@ node configs and a bounded wait."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from asapo_hpc._core import Segment
 from asapo_hpc.config import RingConfig
 from asapo_hpc.node import NodeConfig, SourceConfig
 from asapo_hpc.sink import SinkSettings
-
-SHM = Path("/dev/shm")
-_counter = itertools.count()
-
-
-def shm_entries(prefix: str) -> list[str]:
-    return sorted(p.name for p in SHM.iterdir() if p.name.startswith(prefix + "."))
-
-
-@pytest.fixture
-def shm_prefix(monkeypatch) -> str:
-    prefix = f"ahclient_{os.getpid()}_{next(_counter)}"
-    monkeypatch.setenv("ASAPO_HPC_SHM_PREFIX", prefix)
-    yield prefix
-    for name in shm_entries(prefix):
-        Segment.unlink(name)
-    assert shm_entries(prefix) == []
 
 
 @pytest.fixture

@@ -3,38 +3,18 @@ helpers that wait for the catalog (bounded waits, no timing assertions)."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from asapo_hpc._core import Segment
 from asapo_hpc.config import RingConfig
 from asapo_hpc.node import NodeConfig, SourceConfig
 from asapo_hpc.sink import SinkSettings
 
-SHM = Path("/dev/shm")
-_counter = itertools.count()
 BEAMTIME = "bt"
 FRAME_SHAPE = (16, 32)
-
-
-def shm_entries(prefix: str) -> list[str]:
-    return sorted(p.name for p in SHM.iterdir() if p.name.startswith(prefix + "."))
-
-
-@pytest.fixture
-def shm_prefix(monkeypatch) -> str:
-    """A unique segment-name prefix (inherited by child processes); unlinked after."""
-    prefix = f"ahnode_{os.getpid()}_{next(_counter)}"
-    monkeypatch.setenv("ASAPO_HPC_SHM_PREFIX", prefix)
-    yield prefix
-    for name in shm_entries(prefix):
-        Segment.unlink(name)
-    assert shm_entries(prefix) == []
 
 
 def _node_config(tmp_path: Path, *, slot_count: int = 128, full_timeout_s: float = 5.0,

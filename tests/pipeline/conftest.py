@@ -3,34 +3,20 @@ checked empty), a small Lambda-like layout (4 modules of 64 x 96) for fast frame
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
-import os
 from pathlib import Path
 
 import pytest
 
-from asapo_hpc._core import Segment
-
-SHM = Path("/dev/shm")
 HERE = Path(__file__).resolve().parent
 SMALL_LAYOUT = HERE / "small_layout.toml"
-_counter = itertools.count()
-
-
-def shm_entries(prefix: str) -> list[str]:
-    return sorted(p.name for p in SHM.iterdir() if p.name.startswith(prefix + "."))
 
 
 @pytest.fixture
-def shm_prefix(monkeypatch) -> str:
-    """A unique segment-name prefix (inherited by spawned processes); unlinked after."""
-    prefix = f"ahpipe_{os.getpid()}_{next(_counter)}"
-    monkeypatch.setenv("ASAPO_HPC_SHM_PREFIX", prefix)
-    yield prefix
-    for name in shm_entries(prefix):
-        Segment.unlink(name)
-    assert multiprocessing.active_children() == []  # every process started was stopped
+def shm_prefix(shm_prefix):
+    """The shared prefix fixture, and: every process a pipeline test started was stopped."""
+    yield shm_prefix
+    assert multiprocessing.active_children() == []
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from asapo_hpc.pipeline.results import read_profiles, stage_latencies
 from asapo_hpc.pipeline.workers import AzintWorker
 from asapo_hpc.workers.stitch import Stitcher
 
-from .conftest import HERE, SMALL_LAYOUT, shm_entries
+from .conftest import HERE, SMALL_LAYOUT
 
 FRAMES = 5
 
@@ -32,13 +32,13 @@ def two_stage_spec(tmp_path, stitch_instances: int = 2) -> PipelineSpec:
     })
 
 
-def test_two_stage_pipeline_equals_the_workers_called_directly(shm_prefix, tmp_path,
+def test_two_stage_pipeline_equals_the_workers_called_directly(shm_prefix, shm_names, tmp_path,
                                                                 small_layout):
     spec = two_stage_spec(tmp_path)
     result = run_pipeline(spec)
     assert result.stage_frames == {"stitch": FRAMES, "azint": FRAMES}
     assert result.streams["profiles"] == {"scan_iq": FRAMES}  # finish reached the end
-    assert shm_entries(shm_prefix) == []
+    assert shm_names(shm_prefix) == []
 
     prof = read_profiles(spec.data_root, "bt", "profiles", "scan_iq")
     np.testing.assert_array_equal(prof.ids, np.arange(1, FRAMES + 1))
@@ -57,7 +57,8 @@ def test_two_stage_pipeline_equals_the_workers_called_directly(shm_prefix, tmp_p
     assert all(len(v) == FRAMES and np.all(v >= 0) for v in lat.values())
 
 
-def test_a_stage_that_raises_is_reported_with_its_name(shm_prefix, tmp_path, monkeypatch):
+def test_a_stage_that_raises_is_reported_with_its_name(shm_prefix, shm_names, tmp_path,
+                                                      monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))  # spawned children inherit sys.path
     spec = PipelineSpec.from_dict({
         "beamtime": "bt", "data_root": str(tmp_path / "data"),
@@ -73,7 +74,7 @@ def test_a_stage_that_raises_is_reported_with_its_name(shm_prefix, tmp_path, mon
     text = str(info.value)
     assert "stage 'explode' instance 0 failed" in text
     assert "ValueError: boom at frame 2" in text
-    assert shm_entries(shm_prefix) == []
+    assert shm_names(shm_prefix) == []
 
 
 def test_bad_pipeline_files_are_refused_with_the_reason(tmp_path):

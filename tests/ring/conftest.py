@@ -7,34 +7,15 @@ that prefix is left in /dev/shm.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
-from asapo_hpc._core import Segment
 from asapo_hpc.config import segment_name
 
 SHM = Path("/dev/shm")
-_counter = itertools.count()
-
-
-def shm_entries(prefix: str) -> list[str]:
-    return sorted(p.name for p in SHM.iterdir() if p.name.startswith(prefix + "."))
-
-
-@pytest.fixture
-def shm_prefix(monkeypatch) -> str:
-    """A unique segment-name prefix for this test; nothing with it may outlive the test."""
-    prefix = f"ahtest_{os.getpid()}_{next(_counter)}"
-    assert not shm_entries(prefix)
-    monkeypatch.setenv("ASAPO_HPC_SHM_PREFIX", prefix)
-    yield prefix
-    for name in shm_entries(prefix):
-        Segment.unlink(name)
-    assert shm_entries(prefix) == [], f"segments left behind in /dev/shm: {prefix}.*"
 
 
 @pytest.fixture

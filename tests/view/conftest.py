@@ -4,40 +4,19 @@ after), producers into real rings, and a view server on a free port."""
 from __future__ import annotations
 
 import io
-import itertools
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from asapo_hpc._core import Segment
 from asapo_hpc.client import Producer
 from asapo_hpc.config import RingConfig
 from asapo_hpc.view import Scale, ViewConfig, ViewServer
 
-SHM = Path("/dev/shm")
-_counter = itertools.count()
 BEAMTIME = "bt"
-
-
-def shm_entries(prefix: str) -> list[str]:
-    return sorted(p.name for p in SHM.iterdir() if p.name.startswith(prefix + "."))
-
-
-@pytest.fixture
-def shm_prefix(monkeypatch) -> Iterator[str]:
-    """A unique segment-name prefix for this test; its segments are unlinked after."""
-    prefix = f"ahview_{os.getpid()}_{next(_counter)}"
-    monkeypatch.setenv("ASAPO_HPC_SHM_PREFIX", prefix)
-    yield prefix
-    for name in shm_entries(prefix):
-        Segment.unlink(name)
-    assert shm_entries(prefix) == []
 
 
 @pytest.fixture
