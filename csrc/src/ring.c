@@ -1511,18 +1511,22 @@ static uint64_t own_claim(const struct ahr_ring *r, uint32_t gi, uint32_t m, uin
     return tag;
 }
 
+/* Acknowledge our own claim on seq: 1 if done, 0 if it is no longer ours. */
+static int ack_claim(struct ahr_ring *r, uint32_t gi, uint32_t m, uint64_t seq)
+{
+    uint64_t tag = own_claim(r, gi, m, seq, CLAIM_TAKEN);
+    uint64_t acked = (tag & ~0xfull) | CLAIM_ACKED;
+    /* seq_cst: pairs with the seq_cst tag load in advance_floor */
+    return tag && atomic_compare_exchange_strong(&claim_at(r, gi, seq)->tag, &tag, acked);
+}
+
 int ahr_ack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 {
     uint32_t gi;
     int rc = resolve(r, group, m, &gi);
     if (rc)
         return rc;
-    uint64_t tag = own_claim(r, gi, m, seq, CLAIM_TAKEN);
-    if (!tag)
-        return -ESTALE;
-    uint64_t acked = (tag & ~0xfull) | CLAIM_ACKED;
-    /* seq_cst: pairs with the seq_cst tag load in advance_floor */
-    if (!atomic_compare_exchange_strong(&claim_at(r, gi, seq)->tag, &tag, acked))
+    if (!ack_claim(r, gi, m, seq))
         return -ESTALE;
     fetch_add_relaxed(&r->groups[gi].acked, 1);
     advance_floor(r, gi);
@@ -1537,12 +1541,8 @@ int ahr_ack_batch(struct ahr_ring *r, uint32_t group, uint32_t m, const uint64_t
     if (rc)
         return rc;
     uint32_t done = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t tag = own_claim(r, gi, m, seqs[i], CLAIM_TAKEN);
-        uint64_t acked = (tag & ~0xfull) | CLAIM_ACKED;
-        if (tag && atomic_compare_exchange_strong(&claim_at(r, gi, seqs[i])->tag, &tag, acked))
-            done++;
-    }
+    for (uint32_t i = 0; i < n; i++)
+        done += (uint32_t)ack_claim(r, gi, m, seqs[i]);
     fetch_add_relaxed(&r->groups[gi].acked, done);
     advance_floor(r, gi);
     return (int)done;
