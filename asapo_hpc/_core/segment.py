@@ -113,6 +113,25 @@ class Segment:
                      f"segment {self.name!r}: cannot open consumer group {name!r} "
                      "(bad name or the group table is full: max_groups)")
 
+    def find_group(self, name: str, stream_filter: int | None = None) -> int | None:
+        """The handle of the live group `name` (following that stream, or all), or None;
+        unlike group() it never makes one."""
+        flt = lib.AHR_ALL_STREAMS if stream_filter is None else stream_filter
+        rc = lib.ahr_group_find(self.ptr, name.encode(), flt)
+        return None if rc in (-errno.ENOENT, -errno.EEXIST, -errno.EINVAL) else check(rc, name)
+
+    def groups(self) -> dict[str, int]:
+        """Every live group: its name -> handle (a snapshot)."""
+        cap = int(self.config["max_groups"])
+        handles = ffi.new("uint32_t[]", cap)
+        n = min(check(lib.ahr_group_list(self.ptr, handles, cap), "list groups"), cap)
+        name = ffi.new("char[64]")
+        out = {}
+        for handle in handles[0:n]:
+            if lib.ahr_group_name(self.ptr, handle, name, 64) >= 0:  # else retired meanwhile
+                out[ffi.string(name).decode(errors="replace")] = handle
+        return out
+
     def stream(self, name: str) -> int:
         raw = name.encode()
         return check(lib.ahr_stream_index(self.ptr, raw, len(raw)),
@@ -132,8 +151,10 @@ class Segment:
     def group_stats(self, group: int) -> dict[str, int]:
         s = ffi.new("struct ahr_group_stats *")
         check(lib.ahr_group_stats(self.ptr, group, s), f"group index {group}")
-        return {k: getattr(s, k) for k in ("next", "floor", "delivered", "acked",
-                                           "redelivered", "deadlettered", "nacked")}
+        stats = {k: getattr(s, k) for k in ("next", "floor", "delivered", "acked",
+                                            "redelivered", "deadlettered", "nacked")}
+        stats["stream"] = None if s.stream_filter == lib.AHR_ALL_STREAMS else s.stream_filter
+        return stats
 
     def ring_stats(self) -> dict[str, int]:
         s = ffi.new("struct ahr_ring_stats *")

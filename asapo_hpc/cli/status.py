@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                      "e.g. http://127.0.0.1:9464/metrics")
     where.add_argument("--beamtime", help="read the rings of this beamtime directly")
     p.add_argument("--source", nargs="+", default=[], help="data sources (with --beamtime)")
-    p.add_argument("--group", nargs="+", default=["sink"],
-                   help="consumer groups to show (with --beamtime; default: sink)")
+    p.add_argument("--group", nargs="+", default=None,
+                   help="consumer groups to show (with --beamtime; default: every live group)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     p.add_argument("--once", action="store_true", help="print one table and exit")
 
@@ -156,7 +156,7 @@ def _ring_reader(args: argparse.Namespace) -> tuple[Callable[[], Figures], Calla
 
     if not args.source:
         raise AsapoError("--beamtime needs --source: the data sources whose rings to read")
-    rings = RingStats(args.beamtime, {source: args.group for source in args.source})
+    rings = RingStats(args.beamtime, args.source, only=args.group)
     collector = NodeCollector(None, rings)
     return (lambda: figures_of(collector.collect(), time.monotonic())), rings.close
 

@@ -21,21 +21,19 @@ per source
     asapo_ring_fill_ratio           ring_fill_slots / ring_slots
     asapo_ring_published_total      sequences published (messages and finish markers)
     asapo_ring_members              processes attached as members
-per source and consumer group (every group the ring declares, ``sink`` included)
+per source and consumer group (every live group, ``sink`` included; one-stream groups as
+group@stream)
     asapo_group_delivered_total, asapo_group_acked_total   messages out to the group
     asapo_group_redelivered_total, asapo_group_deadlettered_total
     asapo_group_nacked              negatively acknowledged, waiting for redelivery
     asapo_group_lag_messages        head - floor: published, not yet acknowledged
     asapo_group_undelivered_messages  head - next: published, not yet handed out
-
-Groups are found by name (the C core has no group listing): the node reads the groups of
-each source's RingConfig; ``asapo-hpc status --group`` names others.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +42,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from asapo_hpc._core import Segment
-from asapo_hpc._core._ring import lib
 from asapo_hpc.config import segment_name
 from asapo_hpc.errors import AsapoError
 from asapo_hpc.node.config import NodeConfig
@@ -87,44 +84,24 @@ class RingSnapshot:
     groups: dict[str, dict[str, int]]
 
 
-def find_group(segment: Segment, name: str) -> int | None:
-    """The handle of the existing all-streams group `name`, or None.
-
-    The C core can only open a group (making it if missing), so a group this call made
-    (the ring has one group more, and the group never handed anything out) is retired at
-    once: looking at figures does not leave a group behind that holds the producer back.
-    """
-    before = segment.ring_stats()["groups"]
-    try:
-        handle = segment.group(name)
-    except AsapoError:
-        return None
-    stats = segment.group_stats(handle)
-    if segment.ring_stats()["groups"] > before and stats["delivered"] == 0:
-        lib.ahr_group_retire(segment.ptr, handle)
-        return None
-    return handle
-
-
 class RingStats:
-    """Read-only looks at the rings of some sources (own attachments, no membership)."""
+    """Read-only looks at the rings of some sources (own attachments, no membership).
 
-    def __init__(self, beamtime: str, groups: dict[str, Sequence[str]], *,
-                 declared: bool = False):
-        """`groups`: source -> group names. `declared`: the names are groups the rings
-        declare (they exist), else unknown names are left out (see find_group)."""
+    Each read lists the groups live at that moment (``ahr_group_list``): declared ones,
+    groups opened later by name, and the one-stream groups of ``get_next(..., stream=)``,
+    labelled ``group@stream``. Retired groups drop out.
+    """
+
+    def __init__(self, beamtime: str, sources: Iterable[str],
+                 only: Collection[str] | None = None):
+        """`only`: show just these group names (without ``@stream``); None: all."""
         self._lock = threading.Lock()
         self._segments: dict[str, Segment] = {}
-        self._groups: dict[str, dict[str, int]] = {}
+        self._stream_names: dict[tuple[str, int], str] = {}
+        self._only = None if only is None else set(only)
         try:
-            for source, names in groups.items():
-                segment = Segment.attach(segment_name(beamtime, source))
-                self._segments[source] = segment
-                self._groups[source] = {}
-                for name in names:
-                    handle = segment.group(name) if declared else find_group(segment, name)
-                    if handle is not None:
-                        self._groups[source][name] = handle
+            for source in sources:
+                self._segments[source] = Segment.attach(segment_name(beamtime, source))
         except BaseException:
             self.close()
             raise
@@ -133,23 +110,35 @@ class RingStats:
     def sources(self) -> list[str]:
         return list(self._segments)
 
-    def group_names(self, source: str) -> list[str]:
-        return list(self._groups.get(source, {}))
-
     def read(self) -> dict[str, RingSnapshot]:
-        """Every source's ring and group figures now (groups retired since are left out)."""
+        """Every source's ring and group figures now."""
         with self._lock:
             return {source: self._read_one(source, segment)
                     for source, segment in self._segments.items() if not segment.closed}
 
     def _read_one(self, source: str, segment: Segment) -> RingSnapshot:
         groups = {}
-        for name, handle in self._groups[source].items():
+        for name, handle in segment.groups().items():
+            base = name.split("@", 1)[0]  # one-stream groups are named group@stream-index
+            if self._only is not None and base not in self._only:
+                continue
             try:
-                groups[name] = segment.group_stats(handle)
+                stats = segment.group_stats(handle)
             except AsapoError:  # retired meanwhile
                 continue
+            label = base if stats["stream"] is None else \
+                f"{base}@{self._stream_name(source, segment, stats['stream'])}"
+            groups[label] = stats
         return RingSnapshot(int(segment.config["slot_count"]), segment.ring_stats(), groups)
+
+    def _stream_name(self, source: str, segment: Segment, index: int) -> str:
+        key = (source, index)
+        if key not in self._stream_names:  # stream names never change once registered
+            try:
+                self._stream_names[key] = segment.stream_name(index)
+            except AsapoError:
+                return str(index)
+        return self._stream_names[key]
 
     def close(self) -> None:
         with self._lock:
@@ -289,8 +278,7 @@ class NodeMetrics:
 
     def __init__(self, config: NodeConfig, counters: Counters,
                  failed: Callable[[], list[str]] | None = None):
-        self.rings = RingStats(config.beamtime, {s.name: s.ring.groups for s in config.sources},
-                               declared=True)
+        self.rings = RingStats(config.beamtime, [s.name for s in config.sources])
         self.collector = NodeCollector(counters, self.rings, failed)
         self.server: MetricsServer | None = None
         self.pusher: InfluxPusher | None = None

@@ -187,6 +187,25 @@ int main(void)
     struct ahr_ring_stats rs;
     CHECK_RC(ahr_ring_stats(r, &rs), 0);
     CHECK(rs.groups == 3);
+    /* listing and finding see live groups only, and never make one */
+    uint32_t live[4] = {0};
+    CHECK_RC(ahr_group_list(r, live, 4), 3);
+    CHECK_RC(ahr_group_list(r, live, 1), 3); /* the count even without room for all */
+    CHECK_RC(ahr_group_list(r, live, 4), 3);
+    int listed_g1 = 0;
+    for (int k = 0; k < 3; k++) {
+        CHECK(live[k] != (uint32_t)g2);
+        CHECK_RC(ahr_group_stats(r, live[k], &st), 0);
+        listed_g1 += live[k] == (uint32_t)g1;
+    }
+    CHECK(listed_g1 == 1);
+    CHECK_RC(ahr_group_find(r, "g1", AHR_ALL_STREAMS), g1);
+    CHECK_RC(ahr_group_find(r, "g1", (uint32_t)sa), -EEXIST);
+    CHECK_RC(ahr_group_find(r, "g2", AHR_ALL_STREAMS), -ENOENT);
+    CHECK_RC(ahr_group_find(r, "", AHR_ALL_STREAMS), -EINVAL);
+    CHECK_RC(ahr_ring_stats(r, &rs), 0);
+    CHECK(rs.groups == 3);
+    CHECK(gstats(g1).stream_filter == AHR_ALL_STREAMS);
     /* the freed entry is reused with a new generation: the old handle stays dead */
     int g2b = ahr_group_open(r, "g2", AHR_ALL_STREAMS);
     CHECK(g2b >= 0 && g2b != g2 && (g2b & 0xff) == (g2 & 0xff));

@@ -6,7 +6,8 @@
  *    passes it, so the producer gets the space back;
  *  - a lease that expires: the message goes to another member (attempts 2) and the
  *    original owner's ack / nack fail with -ESTALE;
- *  - ahr_find_claim finds only the caller's own live claims.
+ *  - ahr_find_claim finds only the caller's own live claims;
+ *  - ahr_release gives an unused claim back at once without counting an attempt.
  */
 #include "harness.h" /* first: it defines _GNU_SOURCE */
 
@@ -149,6 +150,25 @@ int main(void)
     CHECK(m2.id == 15 && m2.attempts == 2);
     CHECK_RC(ahr_ack(r, (uint32_t)g, (uint32_t)b, m2.seq), 0);
 
+    /* 5. release: an unused claim goes to another member at once, not counted as an
+     *    attempt, and only the holder can release it */
+    a = ahr_join(r, AHR_ROLE_CONSUMER); /* a left in part 4: a new member */
+    CHECK(a >= 0);
+    pub = make_pub((uint32_t)s, 16, sizeof payload);
+    CHECK_RC(ahr_send(r, (uint32_t)prod, payload, &pub, NULL, 0, NULL, 0, 0, NULL), 0);
+    CHECK_RC(ahr_get_next(r, (uint32_t)g, (uint32_t)a, 0, &m), 0);
+    CHECK(m.id == 16 && m.attempts == 1);
+    CHECK_RC(ahr_release(r, (uint32_t)g, (uint32_t)b, m.seq), -ESTALE); /* not b's */
+    CHECK_RC(ahr_release(r, (uint32_t)g, (uint32_t)a, m.seq), 0);
+    CHECK_RC(ahr_release(r, (uint32_t)g, (uint32_t)a, m.seq), -ESTALE); /* given back */
+    CHECK_RC(ahr_ack(r, (uint32_t)g, (uint32_t)a, m.seq), -ESTALE);
+    CHECK_RC(ahr_get_next(r, (uint32_t)g, (uint32_t)b, 0, &m2), 0);
+    CHECK(m2.id == 16 && m2.seq == m.seq && m2.attempts == 1);
+    CHECK_RC(ahr_ack(r, (uint32_t)g, (uint32_t)b, m2.seq), 0);
+    CHECK_RC(ahr_group_stats(r, (uint32_t)g, &gs), 0);
+    CHECK(gs.nacked == 0 && gs.floor == 16);
+
+    CHECK_RC(ahr_leave(r, (uint32_t)a), 0);
     CHECK_RC(ahr_leave(r, (uint32_t)b), 0);
     CHECK_RC(ahr_leave(r, (uint32_t)prod), 0);
     ahr_detach(r);

@@ -15,7 +15,9 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
+from asapo_hpc._core import lib
 from asapo_hpc.client import Consumer, Producer
+from asapo_hpc.errors import AsapoEndOfStreamError
 from asapo_hpc.node import NodeConfig, NodeService
 from asapo_hpc.node.influx import InfluxPusher, line_protocol
 from asapo_hpc.node.metrics import NodeCollector
@@ -159,6 +161,37 @@ def test_fill_and_lag_follow_a_group_that_stops_acknowledging(shm_prefix, tmp_pa
         assert value(s, "asapo_group_delivered_total", source="det", group="proc") == 26
         assert value(s, "asapo_group_redelivered_total", source="det", group="proc") == 1
         assert value(s, "asapo_group_deadlettered_total", source="det", group="proc") == 0
+
+
+def test_groups_opened_late_and_one_stream_groups_are_listed(shm_prefix, tmp_path: Path,
+                                                            node_config, wait_for):
+    """Groups nobody declared show up (and go) with the ring's own group list."""
+    config = node_config(tmp_path, compression="none", metrics_port=0)
+    with NodeService(config) as service, \
+            Consumer(BEAMTIME, "det", config=config.source("det").ring) as late:
+        url = service.metrics_url
+        send(config, range(1, 5))
+        wait_for(lambda: value(scrape(url), "asapo_group_acked_total", source="det",
+                               group="sink") == 4, "the sink to store every message")
+        for group, stream in (("viewer", None), ("fit", "scan")):  # opened now, at the head
+            with pytest.raises(AsapoEndOfStreamError):
+                late.get_next(group, stream=stream, timeout_ms=0)
+        with Producer(BEAMTIME, "det", config=config.source("det").ring) as producer:
+            for i in (1, 2, 3):
+                producer.send(i, FRAME, stream="scan")
+        late.acknowledge("viewer", late.get_next("viewer"))
+        for _ in range(2):
+            late.acknowledge("fit", late.get_next("fit", stream="scan"))
+        s = scrape(url)
+        assert value(s, "asapo_group_acked_total", source="det", group="fit@scan") == 2
+        assert value(s, "asapo_group_lag_messages", source="det", group="fit@scan") == 1
+        assert value(s, "asapo_group_acked_total", source="det", group="viewer") == 1
+        assert value(s, "asapo_group_lag_messages", source="det", group="viewer") == 2
+        retired = late.segment.find_group("viewer")
+        assert retired is not None and late.segment.find_group("nobody") is None
+        lib.ahr_group_retire(late.segment.ptr, retired)
+        assert value(scrape(url), "asapo_group_acked_total", source="det",
+                     group="viewer") is None
 
 
 COUNTERS = {"det": {"sink_backlog": 2, "retrying": True, "streams": {

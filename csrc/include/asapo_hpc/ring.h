@@ -109,6 +109,7 @@ struct ahr_group_stats {
     uint64_t deadlettered;
     uint32_t nacked;        /* negatively acknowledged, waiting for redelivery */
     uint32_t durable;       /* always 1 for now */
+    uint32_t stream_filter; /* the stream index it follows, or AHR_ALL_STREAMS */
 };
 
 /* Counters of the ring. */
@@ -172,6 +173,15 @@ int ahr_group_retire(struct ahr_ring *ring, uint32_t group);
 /* Copy the name of the group with this handle into buf (NUL-terminated); returns its
  * length, or -ENOENT if the handle is stale or unknown. */
 int ahr_group_name(const struct ahr_ring *ring, uint32_t group, char *buf, uint32_t cap);
+
+/* The handle of the live group `name` following `stream_filter`, without making it:
+ * -ENOENT if there is none, -EEXIST if it exists with another filter. */
+int ahr_group_find(const struct ahr_ring *ring, const char *name, uint32_t stream_filter);
+
+/* Write the handles of up to cap live groups into handles; returns how many groups are
+ * live (more than cap: call again with room for all). A snapshot: groups may be opened or
+ * retired meanwhile, so a listed handle can already fail with -ENOENT. */
+int ahr_group_list(const struct ahr_ring *ring, uint32_t *handles, uint32_t cap);
 
 /* Change a group's redelivery settings (ASAPO's set_resend_nacs): lease and attempts. */
 int ahr_group_set_resend(struct ahr_ring *ring, uint32_t group, uint64_t lease_ns,
@@ -251,6 +261,11 @@ int ahr_find_claim(const struct ahr_ring *ring, uint32_t group, uint32_t member,
 /* Negative acknowledgement: redeliver after delay_ns to any member of the group. */
 int ahr_nack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq,
              uint64_t delay_ns);
+
+/* Give back a claimed message this member will not use (e.g. prefetched, never handed
+ * out): any member may take it at once, and the delivery does not count as an attempt
+ * (the group's redelivered counter still counts it). -ESTALE if it is not held. */
+int ahr_release(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq);
 
 /* Latest-value read: copies the newest message's data (up to cap bytes) into dst and fills
  * out; -ESTALE if it was overwritten while copying (try again), -EAGAIN if none yet. */

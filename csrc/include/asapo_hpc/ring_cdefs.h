@@ -67,6 +67,7 @@ struct ahr_group_stats {
     uint64_t deadlettered;
     uint32_t nacked;
     uint32_t durable;
+    uint32_t stream_filter;
 };
 
 struct ahr_ring_stats {
@@ -91,6 +92,8 @@ int ahr_leave(struct ahr_ring *ring, uint32_t member);
 int ahr_group_open(struct ahr_ring *ring, const char *name, uint32_t stream_filter);
 int ahr_group_retire(struct ahr_ring *ring, uint32_t group);
 int ahr_group_name(const struct ahr_ring *ring, uint32_t group, char *buf, uint32_t cap);
+int ahr_group_find(const struct ahr_ring *ring, const char *name, uint32_t stream_filter);
+int ahr_group_list(const struct ahr_ring *ring, uint32_t *handles, uint32_t cap);
 int ahr_group_set_resend(struct ahr_ring *ring, uint32_t group, uint64_t lease_ns, uint32_t max_attempts);
 int ahr_stream_index(struct ahr_ring *ring, const char *name, uint32_t len);
 int ahr_stream_name(const struct ahr_ring *ring, uint32_t index, char *buf, uint32_t cap);
@@ -109,6 +112,7 @@ int ahr_ack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq
 int ahr_ack_batch(struct ahr_ring *ring, uint32_t group, uint32_t member, const uint64_t *seqs, uint32_t n);
 int ahr_find_claim(const struct ahr_ring *ring, uint32_t group, uint32_t member, uint32_t stream, uint64_t id, uint64_t *seq);
 int ahr_nack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq, uint64_t delay_ns);
+int ahr_release(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq);
 int ahr_read_last(const struct ahr_ring *ring, void *dst, uint64_t cap, struct ahr_msg *out);
 int ahr_read_by_id(const struct ahr_ring *ring, uint32_t stream, uint64_t id, void *dst, uint64_t cap, struct ahr_msg *out);
 int ahr_read_tail(const struct ahr_ring *ring, const struct ahr_msg *msg, void *dst, uint64_t cap);
