@@ -38,7 +38,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 if TYPE_CHECKING:
-    from asapo_hpc.geometry.detector import PixelDetector
+    from asapo_hpc.geometry.detector import DetectorModule, ModuleStackDetector, PixelDetector
 
 DEFAULT_LAYOUT_FILE = "lambda9m_default.toml"
 
@@ -404,12 +404,40 @@ class Lambda9MLayout:
             p3[i] = m.translation[2] * self.pixel_size[0]
         return p1, p2, p3
 
-    def stack_detector(self) -> PixelDetector:
-        """The unstitched stack (modules along axis 0) as a detector of shape (n*rows, cols)."""
-        from asapo_hpc.geometry.detector import PixelDetector
+    def stack_detector(self, large_pixels: bool = False) -> ModuleStackDetector:
+        """The unstitched stack (modules along axis 0) as a detector of shape (n*rows, cols).
 
-        corners = self.stack_corners()
-        return PixelDetector.from_corners(corners.reshape(-1, *corners.shape[2:]))
+        Raw modules (large pixels with their true width) or, with ``large_pixels``, modules
+        after the large-pixel correction (corrected_module_shape, a regular grid). Each
+        module's orientation and translation become an affine placement; corners are built
+        only when a pixel-splitting engine asks for them.
+        """
+        from asapo_hpc.geometry.detector import ModuleStackDetector
+
+        return ModuleStackDetector(
+            [self._module_placement(m, large_pixels) for m in self.active_modules]
+        )
+
+    def _module_placement(self, module: ModuleGeometry, large_pixels: bool) -> DetectorModule:
+        """Module edges and the affine map ``_module_nodes`` applies, as a DetectorModule."""
+        from asapo_hpc.geometry.detector import DetectorModule
+
+        p1, p2 = self.pixel_size
+        height = self.axes[0].corrected_length * p1
+        width = self.axes[1].corrected_length * p2
+        # the orientation is affine: read its matrix (entries 0 or +-1, rounded away from the
+        # differences' float error) and offset off three points
+        y, x = module.orientation.points(
+            np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0]), height, width
+        )
+        oy, ox = self.origin
+        return DetectorModule(
+            self.axes[0].nodes(large_pixels) * p1,
+            self.axes[1].nodes(large_pixels) * p2,
+            matrix=np.rint([[y[1] - y[0], y[2] - y[0]], [x[1] - x[0], x[2] - x[0]]]),
+            offset=(y[0] + (module.row - oy) * p1, x[0] + (module.col - ox) * p2),
+            height=module.translation[2] * p1,
+        )
 
     def stitched_detector(self, large_pixels: bool = False) -> PixelDetector:
         """The assembled image as a detector; a regular grid when it is one."""

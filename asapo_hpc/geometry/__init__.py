@@ -3,7 +3,14 @@
 A leaf package: numpy only, never imports the integration engines.
 """
 
-from asapo_hpc.geometry.detector import PixelDetector
+from asapo_hpc.geometry.detector import DetectorModule, ModuleStackDetector, PixelDetector
 from asapo_hpc.geometry.poni import RADIAL_UNITS, PoniGeometry, check_unit
 
-__all__ = ["PixelDetector", "PoniGeometry", "RADIAL_UNITS", "check_unit"]
+__all__ = [
+    "DetectorModule",
+    "ModuleStackDetector",
+    "PixelDetector",
+    "PoniGeometry",
+    "RADIAL_UNITS",
+    "check_unit",
+]

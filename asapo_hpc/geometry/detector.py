@@ -130,3 +130,130 @@ class PixelDetector:
 
     def _masked_count(self) -> int:
         return 0 if self.mask is None else int(self.mask.sum())
+
+
+class DetectorModule:
+    """One flat module: its pixel edges in its own frame, placed on the detector by an affine map.
+
+    ``edges1`` (rows + 1) and ``edges2`` (cols + 1) are the pixel edges in metres along the
+    module's slow and fast axes (uneven for wider pixels). A point (y, x) of the module frame
+    lands at ``(p1, p2) = matrix @ (y, x) + offset`` on the detector plane, at height
+    ``height`` (p3). Flips, quarter turns and in-plane rotations are all such maps.
+    """
+
+    def __init__(
+        self,
+        edges1: np.ndarray,
+        edges2: np.ndarray,
+        matrix: np.ndarray | None = None,
+        offset: tuple[float, float] = (0.0, 0.0),
+        height: float = 0.0,
+    ):
+        self.edges1 = np.asarray(edges1, dtype=np.float64)
+        self.edges2 = np.asarray(edges2, dtype=np.float64)
+        if self.edges1.ndim != 1 or self.edges2.ndim != 1 or min(
+            self.edges1.size, self.edges2.size
+        ) < 2:
+            raise AsapoWrongInputError("module edges must be 1-D with at least two entries")
+        self.matrix = np.eye(2) if matrix is None else np.asarray(matrix, dtype=np.float64)
+        if self.matrix.shape != (2, 2):
+            raise AsapoWrongInputError(f"module matrix must be 2x2, got {self.matrix.shape}")
+        self.offset = (float(offset[0]), float(offset[1]))
+        self.height = float(height)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.edges1.size - 1, self.edges2.size - 1)
+
+    def place(self, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Module-frame points (y, x) -> detector-plane (p1, p2), broadcasting."""
+        m = self.matrix
+        return (
+            m[0, 0] * y + m[0, 1] * x + self.offset[0],
+            m[1, 0] * y + m[1, 1] * x + self.offset[1],
+        )
+
+    def centers(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel centres (p1, p2), (rows, cols): the affine image of the mid-edges, which is
+        the mean of the four corners without building them."""
+        yc = 0.5 * (self.edges1[:-1] + self.edges1[1:])
+        xc = 0.5 * (self.edges2[:-1] + self.edges2[1:])
+        return self.place(yc[:, None], xc[None, :])
+
+    def corners(self, out: np.ndarray) -> None:
+        """Fill ``out`` (rows, cols, 4, 3) with pyFAI-ordered corners (p3, p1, p2)."""
+        yy, xx = self.place(self.edges1[:, None], self.edges2[None, :])
+        _nodes_to_corners(yy, xx, out)
+        out[..., 0] = self.height
+
+
+class ModuleStackDetector(PixelDetector):
+    """Equal-sized modules stacked along the slow axis: shape (n * rows, cols).
+
+    The frame is the modules' raw arrays one after the other (a (n, rows, cols) stack read as
+    (n * rows, cols)); each module's :class:`DetectorModule` places its pixels. Centres are
+    computed from the edges; corners (12 float64 per pixel, ~0.9 GB for a Lambda 9M) only
+    when a split engine asks for them, and never kept.
+    """
+
+    def __init__(self, modules: list[DetectorModule], mask: np.ndarray | None = None):
+        if not modules:
+            raise AsapoWrongInputError("a module stack needs at least one module")
+        shapes = {m.shape for m in modules}
+        if len(shapes) != 1:
+            raise AsapoWrongInputError(f"modules of a stack must share one shape, got {shapes}")
+        self.modules = list(modules)
+        self.module_shape: tuple[int, int] = shapes.pop()
+        self._corners = None
+        self.shape = (len(modules) * self.module_shape[0], self.module_shape[1])
+        self.pixel1 = self.pixel2 = None
+        self.mask = None
+        if mask is not None:
+            self.set_mask(np.asarray(mask).reshape(self.shape))
+
+    @property
+    def n_modules(self) -> int:
+        return len(self.modules)
+
+    @property
+    def is_regular(self) -> bool:
+        return False
+
+    @property
+    def is_flat(self) -> bool:
+        return all(m.height == 0.0 for m in self.modules)
+
+    def corners(self) -> np.ndarray:
+        rows = self.module_shape[0]
+        out = np.empty((*self.shape, 4, 3))
+        for k, m in enumerate(self.modules):
+            m.corners(out[k * rows : (k + 1) * rows])
+        return out
+
+    def centers(self) -> tuple[np.ndarray, np.ndarray]:
+        p1, p2 = np.empty(self.shape), np.empty(self.shape)
+        rows = self.module_shape[0]
+        for k, m in enumerate(self.modules):
+            p1[k * rows : (k + 1) * rows], p2[k * rows : (k + 1) * rows] = m.centers()
+        return p1, p2
+
+    def centers_p3(self) -> np.ndarray | None:
+        if self.is_flat:
+            return None
+        rows = self.module_shape[0]
+        return np.repeat([m.height for m in self.modules], rows)[:, None] * np.ones(self.shape)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModuleStackDetector(modules={self.n_modules}, module_shape={self.module_shape}, "
+            f"masked={self._masked_count()})"
+        )
+
+
+def _nodes_to_corners(yy: np.ndarray, xx: np.ndarray, corners: np.ndarray) -> None:
+    """p1, p2 of (rows, cols, 4, 3) corners from (rows+1, cols+1) node grids, pyFAI's order."""
+    yy, xx = np.broadcast_arrays(yy, xx)
+    rows, cols = yy.shape[0] - 1, yy.shape[1] - 1
+    for k, (dy, dx) in enumerate(((0, 0), (1, 0), (1, 1), (0, 1))):
+        corners[..., k, 1] = yy[dy : dy + rows, dx : dx + cols]
+        corners[..., k, 2] = xx[dy : dy + rows, dx : dx + cols]

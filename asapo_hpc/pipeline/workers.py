@@ -114,29 +114,34 @@ class StitchWorker:
 
 
 class AzintWorker:
-    """Stitched image -> I(q) with Poisson sigma: out rows radial, intensity, sigma.
+    """Stitched image (or the module parts) -> I(q) with Poisson sigma: out rows radial,
+    intensity, sigma.
 
     Options: layout, poni / geometry, npt (1000), unit ("q_nm^-1"), method ("no"),
-    radial_range, polarization_factor, correct_solid_angle (true). The image's shape says
-    whether it was stitched with large-pixel correction; gaps and bad pixels are masked.
+    radial_range, polarization_factor, correct_solid_angle (true). By default the input is a
+    stitched image; its shape says whether it was stitched with large-pixel correction; gaps
+    and bad pixels are masked.
+
+    ``from_modules = true``: the input is the detector's dataset itself (one part per active
+    module, raw or large-pixel-corrected module shape) and no stitch stage is needed: the
+    layout places every module pixel (see ``Lambda9MLayout.stack_detector``). Raw wide pixels
+    keep their true extent and their area enters the normalisation (as pyFAI's flat), so the
+    profile is per normal-pixel area, as after the large-pixel correction. apply_mask
+    (true) masks the modules' bad pixels; apply_flatfield (true) divides the counts' weight by
+    the modules' flatfields (a pyFAI flat of 1 / flatfield; 0 masks the pixel).
     """
 
     def __init__(self, options: dict[str, Any], source: SourceSpec, base: Path):
         from asapo_hpc.workers.azint import AzimuthalIntegrator
 
         layout = load_layout(options, base)
-        shape = tuple(source.frame_shape)
-        if shape == layout.stitched_shape(True):
-            large = True
-        elif shape == layout.stitched_shape(False):
-            large = False
+        self.from_modules = bool(options.get("from_modules", False))
+        if self.from_modules:
+            detector, self.mask, self.flat = _module_inputs(layout, options, source)
         else:
-            raise AsapoWrongInputError(
-                f"azint: input frames of shape {shape} are not a stitched image of the "
-                f"layout ({layout.stitched_shape(True)} or {layout.stitched_shape(False)})")
-        self.mask = layout.stitched_mask(large)
-        self.integrator = AzimuthalIntegrator(load_geometry(options, layout, base),
-                                              layout.stitched_detector(large))
+            detector, self.mask = _stitched_inputs(layout, source)
+            self.flat = None
+        self.integrator = AzimuthalIntegrator(load_geometry(options, layout, base), detector)
         self.npt = int(options.get("npt", 1000))
         self.unit = options.get("unit", "q_nm^-1")
         rr = options.get("radial_range")
@@ -144,18 +149,62 @@ class AzintWorker:
                            radial_range=tuple(rr) if rr else None,
                            polarization_factor=options.get("polarization_factor"),
                            correct_solid_angle=options.get("correct_solid_angle", True),
-                           mask=self.mask)
+                           mask=self.mask, flat=self.flat)
         self.out_shape = (len(_result_rows()), self.npt)
         self.out_dtype = np.dtype(np.float64)
 
-    def integrate(self, image: np.ndarray):
-        """The Integrate1dResult of one stitched image (the stage's own call)."""
-        return self.integrator.integrate1d(image, self.npt, **self.kwargs)
+    def integrate(self, data: np.ndarray | list[np.ndarray]):
+        """The Integrate1dResult of one stitched image, or of the module parts with
+        ``from_modules`` (the stage's own call)."""
+        return self.integrator.integrate1d(data, self.npt, **self.kwargs)
 
     def __call__(self, parts: list[np.ndarray], meta: dict, out: np.ndarray) -> dict:
-        result = self.integrate(parts[0])
+        result = self.integrate(parts if self.from_modules else parts[0])
         out[0], out[1], out[2] = result.radial, result.intensity, result.sigma
         return {"unit": self.unit, "npt": self.npt, "rows": list(_result_rows())}
+
+
+def _stitched_inputs(layout: Lambda9MLayout, source: SourceSpec):
+    """Detector and mask of a stitched image of ``layout`` (with or without large pixels)."""
+    shape = tuple(source.frame_shape)
+    if shape == layout.stitched_shape(True):
+        large = True
+    elif shape == layout.stitched_shape(False):
+        large = False
+    else:
+        raise AsapoWrongInputError(
+            f"azint: input frames of shape {shape} are not a stitched image of the "
+            f"layout ({layout.stitched_shape(True)} or {layout.stitched_shape(False)}); "
+            "for module parts set from_modules = true")
+    return layout.stitched_detector(large), layout.stitched_mask(large)
+
+
+def _module_inputs(layout: Lambda9MLayout, options: dict[str, Any], source: SourceSpec):
+    """Detector, mask and flat of the module stack a ``from_modules`` stage integrates."""
+    shape = tuple(source.frame_shape)
+    if shape not in (layout.module_shape, layout.corrected_module_shape) or \
+            source.parts != layout.n_parts:
+        raise AsapoWrongInputError(
+            f"azint from_modules: input is {source.parts} parts of shape {shape}; the layout "
+            f"has {layout.n_parts} modules of {layout.module_shape} raw pixels "
+            f"({layout.corrected_module_shape} large-pixel corrected)")
+    large = shape == layout.corrected_module_shape != layout.module_shape
+    rows, cols = layout.axes[0].source, layout.axes[1].source
+
+    def expand(a: np.ndarray) -> np.ndarray:  # raw module pixels -> corrected grid
+        return a[:, rows][:, :, cols] if large else a
+
+    mask = expand(layout.stack_mask()) if options.get("apply_mask", True) else None
+    # a wide raw pixel collects the counts of its whole area: normalise by that area
+    flat = np.ones((layout.n_parts, *shape), np.float32)
+    if not large:
+        flat *= layout.area_factor().astype(np.float32)
+    if options.get("apply_flatfield", True):
+        for i, m in enumerate(layout.active_modules):
+            if m.flatfield is not None:
+                with np.errstate(divide="ignore"):  # flatfield 0: an infinite flat, masked
+                    flat[i] /= expand(m.flatfield[None])[0]
+    return layout.stack_detector(large), mask, flat
 
 
 class FunctionWorker:

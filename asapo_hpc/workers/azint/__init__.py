@@ -1,6 +1,15 @@
 """Radial (azimuthal) integration: Numba engines with NumPy references, pyFAI conventions."""
 
+from asapo_hpc.workers.azint.cake import CHI_DISCONTINUITIES, Integrate2dResult
 from asapo_hpc.workers.azint.engines import ENGINES, METHODS, UNIT_SCALE
 from asapo_hpc.workers.azint.integrator import AzimuthalIntegrator, Integrate1dResult
 
-__all__ = ["AzimuthalIntegrator", "ENGINES", "Integrate1dResult", "METHODS", "UNIT_SCALE"]
+__all__ = [
+    "AzimuthalIntegrator",
+    "CHI_DISCONTINUITIES",
+    "ENGINES",
+    "Integrate1dResult",
+    "Integrate2dResult",
+    "METHODS",
+    "UNIT_SCALE",
+]

@@ -72,6 +72,11 @@ class EngineKey:
     detector: int
     mask: Any
 
+    @property
+    def slot(self) -> tuple[str, ...]:
+        """The integrator's cache slot: one engine per slot."""
+        return self.method
+
     def diff(self, other: EngineKey | None) -> str:
         """Human-readable reason why an engine built for ``other`` does not fit ``self``."""
         if other is None:
@@ -207,3 +212,21 @@ class Corrections:
             w0 = np.empty(norm.size, np.float32)
             ex = kernels.pixel_table(*self.matrix, norm.size, bins, w0)
             self.table = (bins, w0, *ex)
+        self._table_parts: dict[tuple[int, int], tuple] = {}
+
+    def table_part(self, start: int, stop: int) -> tuple:
+        """The pixel table of pixels ``start .. stop`` (a module part), indexed from 0.
+
+        Per-pixel columns are views; the few listed pixels (sorted by pixel) are cut out
+        and re-based once, then cached.
+        """
+        if start == 0 and stop == self.norm.size:
+            return self.table
+        part = self._table_parts.get((start, stop))
+        if part is None:
+            bins, w0, ex_pix, ex_bin, ex_w = self.table
+            lo, hi = np.searchsorted(ex_pix, (start, stop))
+            part = (bins[start:stop], w0[start:stop], (ex_pix[lo:hi] - start).astype(np.int32),
+                    ex_bin[lo:hi], ex_w[lo:hi])
+            self._table_parts[(start, stop)] = part
+        return part

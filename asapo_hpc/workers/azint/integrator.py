@@ -3,6 +3,11 @@
 Engines come from the registry in :mod:`.engines`, are cached, and are rebuilt (the reason
 logged) when the unit, npt, range, mask or geometry change. dark, flat and mask arrays are
 cached by identity: after changing one in place, call :meth:`AzimuthalIntegrator.reset`.
+
+A frame is one image of the detector's shape, or, for a detector of stacked modules (shape
+(n * rows, cols), e.g. ``Lambda9MLayout.stack_detector()``), a (n, rows, cols) array or a
+sequence of n (rows, cols) arrays: the module parts straight from a dataset, integrated where
+they lie in memory, without stitching. dark, flat and mask may be given in either shape.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import numpy as np
 
 from asapo_hpc.errors import AsapoWrongInputError
 from asapo_hpc.geometry import PixelDetector, PoniGeometry, check_unit
-from asapo_hpc.workers.azint import kernels
+from asapo_hpc.workers.azint import cake, kernels
+from asapo_hpc.workers.azint.cake import Integrate2dResult
 from asapo_hpc.workers.azint.engines import (
     ENGINES,
     UNIT_SCALE,
@@ -66,8 +72,8 @@ class AzimuthalIntegrator:
 
     def reset(self) -> None:
         """Forget every cached engine and correction table."""
-        self._engines: dict[tuple[str, str], object] = {}
-        self._corrections: dict[tuple[str, str], tuple[tuple, Corrections]] = {}
+        self._engines: dict[tuple[str, ...], object] = {}
+        self._corrections: dict[tuple[str, ...], tuple[tuple, Corrections]] = {}
         self._arrays: dict[tuple, np.ndarray] = {}
         self._threads: dict[str, ThreadChooser] = {}
 
@@ -89,8 +95,12 @@ class AzimuthalIntegrator:
         error_model: str | None = "poisson",
         normalization_factor: float = 1.0,
     ) -> Integrate1dResult:
-        """Integrate one frame (uint16, uint32, float32, ... as given, never copied whole)."""
-        data = self._check_data(data)
+        """Integrate one frame (uint16, uint32, float32, ... as given, never copied whole).
+
+        ``data``: an image of the detector's shape, its (n, rows, cols) module stack, or a
+        sequence of n module arrays (see the module docstring).
+        """
+        parts = self._frame_parts(data)
         key = self._engine_key(npt, unit, radial_range, method, mask)
         if error_model not in ERROR_MODELS:
             raise AsapoWrongInputError(
@@ -101,23 +111,92 @@ class AzimuthalIntegrator:
             engine, key, mask, dark, flat, correct_solid_angle, polarization_factor, dummy,
             delta_dummy,
         )
-        sums = self._frame_sums(engine, corr, data.ravel(), dummy, delta_dummy)
+        sums = self._frame_sums(engine, corr, parts, dummy, delta_dummy)
         return self._result(engine, corr, sums, error_model, normalization_factor)
 
-    # ---------------------------------------------------------------------------- checking
-    def _check_data(self, data: np.ndarray) -> np.ndarray:
-        data = np.asarray(data)
-        if data.shape != self.detector.shape:
+    def integrate2d(
+        self,
+        data: np.ndarray,
+        npt_rad: int,
+        npt_azim: int = 360,
+        unit: str = "q_nm^-1",
+        radial_range: tuple[float, float] | None = None,
+        azimuth_range: tuple[float, float] | None = None,
+        method: str | tuple = "no",
+        mask: np.ndarray | None = None,
+        dummy: float | None = None,
+        delta_dummy: float | None = None,
+        dark: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+        correct_solid_angle: bool = True,
+        polarization_factor: float | None = None,
+        error_model: str | None = "poisson",
+        normalization_factor: float = 1.0,
+        chi_disc: int = 180,
+    ) -> Integrate2dResult:
+        """A cake: (npt_azim, npt_rad) bins of chi (degrees) x the radial unit.
+
+        No pixel splitting; conventions, ranges and ``chi_disc`` in :mod:`.cake`. Frames,
+        corrections and errors as :meth:`integrate1d`.
+        """
+        parts = self._frame_parts(data)
+        if check_method(method) != ("no", "histogram"):
             raise AsapoWrongInputError(
-                f"frame shape {data.shape} does not match detector shape {self.detector.shape}"
+                f"2-D integration has no pixel splitting: method must be 'no', got {method!r}"
             )
-        return np.ascontiguousarray(data)  # no copy for the usual C-contiguous frame
+        if isinstance(npt_azim, bool) or not isinstance(npt_azim, (int, np.integer)) or \
+                npt_azim <= 0:
+            raise AsapoWrongInputError(f"npt_azim must be a positive integer, got {npt_azim!r}")
+        if error_model not in ERROR_MODELS:
+            raise AsapoWrongInputError(
+                f"unknown error model {error_model!r}; use one of {ERROR_MODELS}"
+            )
+        chi_disc = cake.check_chi_disc(chi_disc)
+        base = self._engine_key(npt_rad, unit, radial_range, method, mask)
+        key = cake.CakeKey(**{**vars(base), "npt": (int(npt_rad), int(npt_azim))},
+                           azimuth_range=cake.azimuth_range_rad(azimuth_range, chi_disc),
+                           chi_disc=chi_disc)
+        engine = self._engine(key, mask, cake.CakeEngine)
+        corr = self._correction_table(
+            engine, key, mask, dark, flat, correct_solid_angle, polarization_factor, dummy,
+            delta_dummy,
+        )
+        sums = self._frame_sums(engine, corr, parts, dummy, delta_dummy)
+        flat_result = self._result(engine, corr, sums, error_model, normalization_factor)
+        return cake.cake_result(engine, flat_result)
+
+    # ---------------------------------------------------------------------------- checking
+    def _frame_parts(self, data) -> list[np.ndarray]:
+        """The frame as 1-D runs of pixels in detector order, without copying C-contiguous
+        input: one run for an image or a stack, one per module for a sequence of parts."""
+        if isinstance(data, (list, tuple)):
+            parts = [np.asarray(p) for p in data]
+            n1, n2 = self.detector.shape
+            if not parts or n1 % len(parts) or any(
+                p.shape != (n1 // len(parts), n2) for p in parts
+            ):
+                raise AsapoWrongInputError(
+                    f"{len(parts)} parts of shapes {sorted({p.shape for p in parts})} do not "
+                    f"stack to the detector shape {self.detector.shape}"
+                )
+            if len({p.dtype for p in parts}) != 1:
+                raise AsapoWrongInputError("all parts of a frame must share one dtype")
+            return [np.ascontiguousarray(p).reshape(-1) for p in parts]
+        data = np.asarray(data)
+        self._check_shape("frame", data)
+        return [np.ascontiguousarray(data).reshape(-1)]  # no copy for a C-contiguous frame
 
     def _check_shape(self, name: str, arr: np.ndarray | None) -> None:
-        if arr is not None and np.shape(arr) != self.detector.shape:
+        """``arr`` must be of the detector's shape or a (n, rows, cols) stack of it."""
+        if arr is None:
+            return
+        shape = np.shape(arr)
+        n1, n2 = self.detector.shape
+        stacked = len(shape) == 3 and shape[0] * shape[1] == n1 and shape[2] == n2
+        if shape != self.detector.shape and not stacked:
             raise AsapoWrongInputError(
-                f"{name} shape {np.shape(arr)} does not match detector shape "
-                f"{self.detector.shape}"
+                f"{name} shape {shape} does not match detector shape {self.detector.shape}"
+                " (or a stack of modules of it)"
             )
 
     def _engine_key(self, npt, unit, radial_range, method, mask) -> EngineKey:
@@ -146,19 +225,20 @@ class AzimuthalIntegrator:
         out = np.zeros(self.detector.shape, bool)
         for m in (self.detector.mask, mask):
             if m is not None:
-                out |= np.asarray(m, bool)
+                out |= np.asarray(m, bool).reshape(self.detector.shape)
         return out
 
-    def _engine(self, key: EngineKey, mask: np.ndarray | None):
-        engine = self._engines.get(key.method)
+    def _engine(self, key: EngineKey, mask: np.ndarray | None, factory=None):
+        engine = self._engines.get(key.slot)
         if engine is not None and engine.key == key:
             return engine
         reason = key.diff(None if engine is None else engine.key)
-        logger.info("azint: building %s engine (%s)", "/".join(key.method), reason)
+        logger.info("azint: building %s engine (%s)", "/".join(key.slot), reason)
         static = self._static_mask(mask)
-        engine = ENGINES[key.method](key, self.geometry, self.detector, static)
-        self._engines[key.method] = engine
-        self._corrections.pop(key.method, None)
+        factory = factory or ENGINES[key.method]
+        engine = factory(key, self.geometry, self.detector, static)
+        self._engines[key.slot] = engine
+        self._corrections.pop(key.slot, None)
         return engine
 
     def _geometry_array(self, name: str, factor: float | None = None) -> np.ndarray:
@@ -182,14 +262,14 @@ class AzimuthalIntegrator:
         self._check_shape("dark", dark)
         self._check_shape("flat", flat)
         ckey = (key, _identity(dark), _identity(flat), bool(solid), pol, dummy, delta_dummy)
-        cached = self._corrections.get(key.method)
+        cached = self._corrections.get(key.slot)
         if cached is not None and cached[0] == ckey:
             return cached[1]
-        logger.info("azint: building correction tables for %s", "/".join(key.method))
+        logger.info("azint: building correction tables for %s", "/".join(key.slot))
         norm = self._pixel_norm(mask, dark, flat, solid, pol, dummy, delta_dummy)
         dark32 = None if dark is None else np.ascontiguousarray(dark, np.float32).ravel()
         corr = Corrections(engine, norm, dark32)
-        self._corrections[key.method] = (ckey, corr)
+        self._corrections[key.slot] = (ckey, corr)
         return corr
 
     def _pixel_norm(self, mask, dark, flat, solid, pol, dummy, delta_dummy) -> np.ndarray:
@@ -213,31 +293,54 @@ class AzimuthalIntegrator:
         return norm
 
     # ---------------------------------------------------------------------------- per frame
-    def _frame_sums(self, engine, corr: Corrections, raw, dummy, delta_dummy) -> np.ndarray:
-        """(6, npt): Σsignal, Σvariance over valid pixels and sums of frame-invalid pixels."""
+    def _frame_sums(
+        self, engine, corr: Corrections, parts: list[np.ndarray], dummy, delta_dummy
+    ) -> np.ndarray:
+        """(6, npt): Σsignal, Σvariance over valid pixels and sums of frame-invalid pixels.
+
+        Every sum is over pixels, so a frame in parts is the sum of its parts' passes, each
+        on its slice of the per-pixel tables; only the CSR gather needs the whole frame.
+        """
         check_dummy = dummy is not None
         d = np.float32(dummy if check_dummy else 0.0)
         dd = np.float32(delta_dummy or 0.0)
+        kind = parts[0].dtype.kind
+        out = np.zeros((6, engine.npt))
         if isinstance(engine, NoSplitEngine):
-            if raw.dtype == np.uint16 and not check_dummy:
-                out = np.zeros((6, engine.npt))
-                step = kernels.PACK_MAX_PIXELS
-                for i in range(0, raw.size, step):  # one call for frames up to 33 Mpixel
-                    sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16,
-                                         raw[i:i + step], corr.bins[i:i + step], engine.npt)
-                    out[0] += sig
-                    out[1] += var
-                return out
-            return self._run("hist_checked", kernels.hist_checked, raw, corr.bins, engine.npt,
-                             corr.norm, corr.dark, check_dummy, d, dd)
-        if raw.dtype.kind in "ui" and not check_dummy:
-            out = np.zeros((6, engine.npt))
-            out[:2] = self._run("split_pass", kernels.split_pass, raw, *corr.table, engine.npt)
+            start = 0
+            for raw in parts:
+                out += self._hist_sums(engine, corr, raw, start, check_dummy, d, dd)
+                start += raw.size
             return out
-        check = check_dummy or raw.dtype.kind == "f"
+        if kind in "ui" and not check_dummy:
+            start = 0
+            for raw in parts:
+                out[:2] += self._run("split_pass", kernels.split_pass, raw,
+                                     *corr.table_part(start, start + raw.size), engine.npt)
+                start += raw.size
+            return out
+        check = check_dummy or kind == "f"
+        raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # gather: one copy
         return kernels.csr_pass(
             raw, *corr.matrix, corr.norm, corr.dark, check, check_dummy, d, dd
         )
+
+    def _hist_sums(self, engine, corr: Corrections, raw, start, check_dummy, d, dd):
+        """No-split sums of the pixels ``start .. start + raw.size`` of the frame."""
+        stop = start + raw.size
+        if raw.dtype == np.uint16 and not check_dummy:
+            out = np.zeros((6, engine.npt))
+            step = kernels.PACK_MAX_PIXELS
+            for i in range(start, stop, step):  # one call for runs up to 33 Mpixel
+                j = min(stop, i + step)
+                sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16,
+                                     raw[i - start:j - start], corr.bins[i:j], engine.npt)
+                out[0] += sig
+                out[1] += var
+            return out
+        return self._run("hist_checked", kernels.hist_checked, raw, corr.bins[start:stop],
+                         engine.npt, corr.norm[start:stop], corr.dark[start:stop],
+                         check_dummy, d, dd)
 
     def _run(self, name: str, fn, *args):
         """A per-frame pass on the thread count measured fastest for it lately."""
