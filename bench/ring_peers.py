@@ -14,6 +14,7 @@ from bench._transport_api import ConsumerReport, Peer, Start, Workload, now_ns, 
 
 GROUP = "bench"
 BATCH = 64
+PREFETCH = 32
 
 
 def _config(workload: Workload) -> Any:
@@ -48,11 +49,11 @@ def _producer(channel: dict) -> Any:
                     copy_threads=int(os.environ.get("ASAPO_BENCH_COPY_THREADS", "2")))
 
 
-def _consumer(channel: dict, auto_ack: bool = False) -> Any:
+def _consumer(channel: dict, auto_ack: bool = False, prefetch: int = 1) -> Any:
     from asapo_hpc.client import Consumer
 
     return Consumer(channel["beamtime"], channel["source"], create=False, timeout_ms=60_000,
-                    auto_ack=auto_ack)
+                    auto_ack=auto_ack, prefetch=prefetch)
 
 
 def send_produce(channel: dict, workload: Workload, start: Start) -> None:
@@ -92,8 +93,9 @@ def reserve_produce(channel: dict, workload: Workload, start: Start) -> None:
     producer.close()
 
 
-def single_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
-    consumer = _consumer(channel)
+def single_consume(channel: dict, workload: Workload, start: Start,
+                   prefetch: int = 1) -> ConsumerReport:
+    consumer = _consumer(channel, prefetch=prefetch)
     get_next, ack, touch = consumer.get_next, consumer.acknowledge, workload.touch
     as_frame = workload.is_frame  # frames as uint16 pixels; small messages as a memoryview
     start()
@@ -110,9 +112,16 @@ def single_consume(channel: dict, workload: Workload, start: Start) -> ConsumerR
     return ConsumerReport(first, last, workload.count, checksum)
 
 
-def autoack_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
+def prefetch_consume(channel: dict, workload: Workload, start: Start) -> ConsumerReport:
+    """One message per get_next / acknowledge call; the consumer claims PREFETCH at a time
+    and sends acknowledgements together (Consumer(prefetch=...))."""
+    return single_consume(channel, workload, start, prefetch=PREFETCH)
+
+
+def autoack_consume(channel: dict, workload: Workload, start: Start,
+                    prefetch: int = 1) -> ConsumerReport:
     """get_next only: asking for the next message acknowledges the previous one."""
-    consumer = _consumer(channel, auto_ack=True)
+    consumer = _consumer(channel, auto_ack=True, prefetch=prefetch)
     get_next, touch = consumer.get_next, workload.touch
     as_frame = workload.is_frame
     start()
@@ -152,6 +161,9 @@ register_peer(Peer("asapo-ring", "asapo_hpc ring: send / get_next / acknowledge,
 register_peer(Peer("asapo-ring-autoack",
                    "asapo_hpc ring: send / get_next with auto_ack (one call per message)",
                    ring_setup, send_produce, autoack_consume, ring_teardown))
+register_peer(Peer("asapo-ring-prefetch",
+                   f"asapo_hpc ring: send / get_next / acknowledge, prefetch={PREFETCH}",
+                   ring_setup, send_produce, prefetch_consume, ring_teardown))
 register_peer(Peer("asapo-ring-batch",
                    f"asapo_hpc ring: send_batch / get_next_batch / acknowledge_batch ({BATCH})",
                    ring_setup, batch_produce, batch_consume, ring_teardown))

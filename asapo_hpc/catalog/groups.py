@@ -169,6 +169,12 @@ def read_counter(conn: sqlite3.Connection, key: GroupKey) -> int:
     return 0 if row is None else row[0]
 
 
+def has_progress(conn: sqlite3.Connection, key: GroupKey) -> bool:
+    """Whether the group has a read pointer for the stream (it read it, or was set up to)."""
+    row = conn.execute(f"SELECT 1 FROM group_pointers WHERE {_KEY}", key.params).fetchone()
+    return row is not None
+
+
 def write_counter(conn: sqlite3.Connection, key: GroupKey, value: int) -> None:
     conn.execute(
         "INSERT INTO group_pointers (group_id, source, stream, last_read) VALUES (?, ?, ?, ?)"

@@ -477,6 +477,13 @@ class Catalog:
         with self._lock:
             return groups.read_counter(self._connection(), key)
 
+    def has_group(self, group_id: str, source: str, stream: str) -> bool:
+        """Whether the group reads ``stream`` through the catalog (it took an id, or its
+        counter was set with ``reset_counter``)."""
+        key = self._group_key(group_id, source, stream)
+        with self._lock:
+            return groups.has_progress(self._connection(), key)
+
     @staticmethod
     def _group_key(group_id: str, source: str, stream: str) -> groups.GroupKey:
         return groups.GroupKey(

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, text in (
             ("simulate", "simulate", "publish simulated detector frames into a ring"),
             ("pipeline", "pipeline", "run a pipeline file (stages of workers between rings)"),
-            ("demo", "demo", "simulator -> stitch -> azint with HDF5 recording, summary, PNG")):
+            ("demo", "demo", "simulator -> stitch -> azint with HDF5 recording, summary, PNG"),
+            ("reprocess", "reprocess", "run a command or pipeline over a stored stream")):
         p = sub.add_parser(name, help=text)
         cli_module = importlib.import_module(f"asapo_hpc.cli.{module}")
         cli_module.add_arguments(p)

@@ -12,6 +12,7 @@ import numpy as np
 from asapo_hpc._core import Segment, check, ffi, lib
 from asapo_hpc.client import disk
 from asapo_hpc.client._common import StreamTable, open_segment
+from asapo_hpc.client.disk_groups import DISK_GROUP, DiskGroups
 from asapo_hpc.client.message import (
     MSG_DTYPE,
     MSG_FIELDS,
@@ -56,11 +57,21 @@ class Consumer(ConsumerStreams):
     numpy view into shared memory, valid until the message is acknowledged.
     A group named without a stream follows every stream in publish order; with a stream
     it follows that stream only. One Consumer is for one thread.
+
+    ``prefetch`` (default 1: off) is a quality-of-service setting for small messages at high
+    rates: ``get_next`` claims up to that many messages of a group in one call into the C
+    core and hands them out one at a time, and acknowledgements are gathered and sent
+    together once ``prefetch`` of them wait or nothing claimed is left to hand out. The
+    trade-offs, as with RabbitMQ's prefetch count: claimed messages wait for this member
+    even when another member is idle, and their leases run from the claim (keep
+    prefetch x time per message below the lease); an acknowledgement that arrives after its
+    lease expired is logged, not raised. ``close()`` gives unused claims back at once
+    without counting a delivery attempt; a member that dies has them redelivered as usual.
     """
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
                  create: bool = True, timeout_ms: int = 1000, batch_capacity: int = 256,
-                 auto_ack: bool = False, data_root: str | None = None):
+                 auto_ack: bool = False, prefetch: int = 1, data_root: str | None = None):
         self._segment = open_segment(beamtime, data_source, config, create)
         # Consumers never write shared data: a view of a read-only buffer, whose flag a
         # user cannot switch back on (flags.writeable = False alone could be undone).
@@ -89,9 +100,27 @@ class Consumer(ConsumerStreams):
         self._held: dict[int, int] = {}  # group handle -> seq of the last get_next message
         self._held_batch: dict[int, MessageBatch] = {}  # group handle -> last batch
         self._resend: tuple[int, int] | None = None
+        self._init_prefetch(prefetch)
         self.timeout_ns = int(timeout_ms * 1e6)
         self.beamtime, self.data_source = beamtime, data_source
         self.data_root = data_root  # the node's data folder, for reads from disk
+        self._disk_groups = DiskGroups(self)  # groups reading a stream from disk
+
+    def _init_prefetch(self, prefetch: int) -> None:
+        # prefetch > 1: get_next claims up to `prefetch` messages in one C call and hands
+        # them out one by one; acknowledgements are sent together (see _defer_ack).
+        if type(prefetch) is not int or not 1 <= prefetch <= self._batch_capacity:
+            raise AsapoWrongInputError(
+                f"prefetch must be an int from 1 (off) to batch_capacity "
+                f"({self._batch_capacity}), not {prefetch!r}")
+        self.prefetch = prefetch
+        self._queued: dict[int, list[tuple]] = {}  # group handle -> descriptors claimed,
+        # not yet handed out (newest first)
+        self._acks: dict[int, list[int]] = {}  # group handle -> acknowledged, not yet sent
+        if prefetch > 1:
+            self._prefetch_buf = ffi.new("struct ahr_msg[]", prefetch)
+            self._prefetch_bytes = memoryview(ffi.buffer(self._prefetch_buf))
+            self._ack_seqs = ffi.new("uint64_t[]", prefetch)
 
     # -- groups and streams ---------------------------------------------------------------
 
@@ -99,6 +128,8 @@ class Consumer(ConsumerStreams):
         key = (group_id, stream)
         handle = self._groups.get(key)
         if handle is None:
+            if stream is not None and self._disk_groups.reads_from_disk(group_id, stream):
+                return DISK_GROUP  # the ring cannot deliver this stream: see disk_groups.py
             if key in self._retired:  # its stream ended: never make it again
                 self._raise_finished(stream, self._finished_state(stream) or "")
             check_name(group_id, "group id", 40)
@@ -146,8 +177,19 @@ class Consumer(ConsumerStreams):
         handle = self._all_streams.get(group_id) if stream is None else None
         if handle is None:
             handle = self._group(group_id, stream)
+            if handle == DISK_GROUP:
+                return self._disk_groups.get_next(group_id, stream, meta_only, timeout_ms)
         if self._held_markers or self._pending_finish:
             self._markers_first(handle, group_id, stream)
+        if self.prefetch > 1:
+            queue = self._queued.get(handle)
+            if not queue or self.auto_ack:
+                return self._next_prefetched(handle, group_id, stream, timeout_ms)
+            msg = _new(self._msg_class[handle])  # inline: the common case costs no call
+            f = msg._fields = queue.pop()
+            if f[9] & 1:
+                self._finish(msg, group_id, stream)
+            return msg
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
         if self.auto_ack:  # acknowledge what we hold from the group in the same C call
             if self._held_batch:
@@ -167,6 +209,78 @@ class Consumer(ConsumerStreams):
         if self.auto_ack:
             self._held[handle] = f[0]
         return msg
+
+    # -- prefetch ---------------------------------------------------------------------------
+
+    def _next_prefetched(self, handle: int, group_id: str, stream: str | None,
+                         timeout_ms: int | None) -> Message:
+        """get_next with prefetch: the next claimed message, claiming more when none is left."""
+        if self.auto_ack:
+            if self._held_batch:
+                self._ack_held(handle, single=False)
+            prev = self._held.pop(handle, None)
+            if prev is not None:
+                self._defer_ack(handle, prev)
+        queue = self._queued.get(handle)
+        if not queue:
+            queue = self._refill(handle, group_id, stream, timeout_ms)
+        msg = _new(self._msg_class[handle])
+        msg._fields = queue.pop()
+        if msg._fields[9] & 1:
+            self._finish(msg, group_id, stream)
+        if self.auto_ack:
+            self._held[handle] = msg._fields[0]
+        return msg
+
+    def _refill(self, handle: int, group_id: str, stream: str | None,
+                timeout_ms: int | None) -> list[tuple]:
+        """Send the acknowledgements gathered, then claim up to `prefetch` messages (waiting
+        only for the first). The queue is kept newest first, so pop() gives the oldest."""
+        self._flush_acks(handle)
+        timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
+        got = lib.ahr_get_next_batch(self._ptr, handle, self._member, self.prefetch, timeout,
+                                     self._prefetch_buf)
+        if got < 0:
+            self._no_message(got, group_id, stream)
+        queue = list(MSG_FIELDS.iter_unpack(self._prefetch_bytes[:got * MSG_SIZE]))
+        queue.reverse()
+        self._queued[handle] = queue
+        return queue
+
+    def _defer_ack(self, handle: int, seq: int) -> None:
+        """Gather an acknowledgement; send the gathered ones when `prefetch` of them wait or
+        when this member has no claimed message of the group left to hand out (so a member
+        that stops asking never sits on acknowledged slots)."""
+        acks = self._acks.get(handle)
+        if acks is None:
+            acks = self._acks[handle] = []
+        acks.append(seq)
+        if len(acks) >= self.prefetch or not self._queued.get(handle):
+            self._flush_acks(handle)
+
+    def _flush_acks(self, handle: int) -> None:
+        acks = self._acks.get(handle)
+        if not acks:
+            return
+        n = len(acks)
+        self._ack_seqs[0:n] = acks
+        acks.clear()
+        done = lib.ahr_ack_batch(self._ptr, handle, self._member, self._ack_seqs, n)
+        if done == _ENOENT:  # the group was retired (its stream ended): nothing to free
+            return
+        check(done, "acknowledge")
+        if done != n:
+            log.warning("prefetch: %d of %d acknowledgements came too late: those messages' "
+                        "leases had expired and they went to other members; raise the lease "
+                        "(set_resend_nacs) or lower prefetch", n - done, n)
+
+    def _release_queued(self) -> None:
+        """Give back prefetched messages never handed out: other members take them at once,
+        and it does not count as a delivery attempt."""
+        for handle, queue in self._queued.items():
+            for fields in queue:
+                lib.ahr_release(self._ptr, handle, self._member, fields[0])
+            queue.clear()
 
     def _markers_first(self, handle: int, group_id: str, stream: str | None) -> None:
         """Before claiming more: acknowledge the finish marker told last time, and tell the
@@ -201,6 +315,8 @@ class Consumer(ConsumerStreams):
         handle = self._all_streams.get(group_id) if stream is None else None
         if handle is None:
             handle = self._group(group_id, stream)
+            if handle == DISK_GROUP:
+                return self._disk_groups.get_next_batch(group_id, stream, n, timeout_ms)
         n = max(1, min(int(n), self._batch_capacity))
         if self._held_markers or self._pending_finish:
             self._markers_first(handle, group_id, stream)
@@ -208,7 +324,10 @@ class Consumer(ConsumerStreams):
         if self.auto_ack:
             self._ack_held(handle)
         buf = ffi.new("struct ahr_msg[]", n)  # owned by the batch: acks read it later
-        got = lib.ahr_get_next_batch(self._ptr, handle, self._member, n, timeout, buf)
+        if self._queued.get(handle):  # prefetched by get_next: those come first, in order
+            got = self._take_queued(handle, buf, n)
+        else:
+            got = lib.ahr_get_next_batch(self._ptr, handle, self._member, n, timeout, buf)
         if got < 0:
             self._no_message(got, group_id, stream)
         records = np.frombuffer(ffi.buffer(buf, got * MSG_SIZE), dtype=MSG_DTYPE)
@@ -218,6 +337,14 @@ class Consumer(ConsumerStreams):
         if self.auto_ack:
             self._held_batch[handle] = batch
         return batch
+
+    def _take_queued(self, handle: int, buf, n: int) -> int:
+        queue = self._queued[handle]
+        raw = ffi.buffer(buf)
+        got = min(n, len(queue))
+        for i in range(got):
+            MSG_FIELDS.pack_into(raw, i * MSG_SIZE, *queue.pop())
+        return got
 
     def _ack_held(self, handle: int, single: bool = True) -> None:
         """auto_ack: acknowledge the batch (and the single message) held from the group."""
@@ -248,6 +375,8 @@ class Consumer(ConsumerStreams):
         return MessageBatch(self, batch._group, buf, kept)
 
     def _finish(self, marker: Message, group_id: str, stream: str | None) -> None:
+        if self._acks:  # prefetch: the gathered acknowledgements go before the group may end
+            self._flush_acks(marker._group)
         if stream is None:
             # held until this member asks again, closes, or acknowledges it (it is message
             # last_id + 1 of the stream): a member that dies before acting on the end of
@@ -302,6 +431,9 @@ class Consumer(ConsumerStreams):
         """(group handle, ring sequence) of a message this consumer holds."""
         if isinstance(id, Message):
             return id._group, id._fields[0]
+        on_disk = self._disk_groups.claim_of(group_id, id, stream or "default")
+        if on_disk is not None:
+            return on_disk
         stream_idx = self._streams.index(stream or "default")
         seq = ffi.new("uint64_t *")
         for (gid, gstream), handle in self._groups.items():
@@ -339,8 +471,17 @@ class Consumer(ConsumerStreams):
                 del self._held_markers[handle]
         if self._held and self._held.get(handle) == seq:
             del self._held[handle]
+        if self.prefetch > 1 and handle != DISK_GROUP:
+            acks = self._acks.get(handle)
+            if acks is not None and len(acks) < self.prefetch - 1 and self._queued.get(handle):
+                acks.append(seq)  # inline: the common case costs no call
+            else:
+                self._defer_ack(handle, seq)
+            return
         rc = lib.ahrpy_ack(self._ctx, handle, seq)
         if rc:
+            if handle == DISK_GROUP:  # not a ring claim (the ring said -ENOENT): see disk_groups
+                return self._disk_groups.acknowledge(group_id, id, stream)
             self._raise_ack(rc, seq, id)
 
     def acknowledge_batch(self, group_id: str, messages: MessageBatch | list[Message]) -> int:
@@ -354,6 +495,8 @@ class Consumer(ConsumerStreams):
         if not messages:
             return 0
         handle = messages[0]._group
+        if handle == DISK_GROUP:
+            return self._disk_groups.acknowledge_batch(group_id, messages)
         seqs = ffi.new("uint64_t[]", [m.seq for m in messages])
         if any(m._group != handle for m in messages):
             raise AsapoWrongInputError("acknowledge_batch: messages of one group only")
@@ -364,6 +507,8 @@ class Consumer(ConsumerStreams):
                         stream: str | None = None) -> None:
         """Give the message back to the group: redelivered after delay_ms (to any member)."""
         handle, seq = self._claim_of(group_id, id, stream)
+        if handle == DISK_GROUP:
+            return self._disk_groups.neg_acknowledge(group_id, id, delay_ms, stream)
         if self._held.get(handle) == seq:
             del self._held[handle]
         rc = lib.ahr_nack(self._ptr, handle, self._member, seq, int(delay_ms * 1e6))
@@ -438,6 +583,9 @@ class Consumer(ConsumerStreams):
         """Leave the segment; messages still held go to other members of their groups
         (with auto_ack, the last message of each group counts as done and is acknowledged)."""
         if not self._segment.closed:
+            for handle in list(self._acks):
+                self._flush_acks(handle)
+            self._release_queued()
             for handle in list(self._held) + list(self._held_batch):
                 self._ack_held(handle)
             for handle in list(self._held_markers):

@@ -128,6 +128,9 @@ class _CatalogClient:
 
     def _close_streams(self) -> None:
         """Close the catalog (and the file reader) this client opened; call from close()."""
+        disk_groups = getattr(self, "_disk_groups", None)
+        if disk_groups is not None and getattr(self, "_streams_catalog", None) is not None:
+            disk_groups.close()  # auto_ack of disk-mode groups goes to the catalog first
         catalog = getattr(self, "_streams_catalog", None)
         if catalog is not None:
             catalog.close()

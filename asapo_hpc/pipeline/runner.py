@@ -37,6 +37,7 @@ from asapo_hpc._core import Segment
 from asapo_hpc.client import Producer
 from asapo_hpc.config import segment_name
 from asapo_hpc.errors import AsapoError
+from asapo_hpc.pipeline.replay import replay_process
 from asapo_hpc.pipeline.spec import PipelineSpec
 from asapo_hpc.pipeline.stage import run_instance
 
@@ -201,6 +202,12 @@ class PipelineRunner:
                 self._procs[(stage.name, i)] = proc
         if not self.spec.stages:
             self._go.set()
+        if self.spec.replay is not None:  # a stored stream feeds the first stage
+            proc = self._ctx.Process(target=replay_process, name="asapo-replay",
+                                     args=(values, self._reports, self._go, self._stop),
+                                     daemon=True)
+            proc.start()
+            self._procs[("replay", 0)] = proc
         if self.spec.simulate is not None:
             proc = self._ctx.Process(target=_simulate_process, name="asapo-simulate",
                                      args=(values, self._reports, self._go, self._stop),

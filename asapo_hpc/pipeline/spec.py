@@ -35,6 +35,12 @@ A TOML file (``asapo-hpc pipeline run FILE``)::
     rate = 0                        # frames/s, 0 = as fast as possible
     stream = "default"
 
+    [replay]                        # optional, instead of [simulate]: a stored stream feeds a
+    source = "raw"                  #   source (not recorded again), read from disk
+    stream = "scan1"                #   (asapo-hpc reprocess --pipeline writes this table)
+    from_source = "raw"             # the stored source (default: source)
+    data_root = ""                  # the stored data root (default: data_root)
+
 Relative paths (``layout``, ``poni`` options, data_root) are relative to the file's folder.
 """
 
@@ -125,6 +131,16 @@ class SimulateSpec:
 
 
 @dataclass(frozen=True)
+class ReplaySpec:
+    """An optional stored stream replayed from disk into ``source`` (see pipeline.replay)."""
+
+    source: str
+    stream: str
+    from_source: str = ""
+    data_root: str = ""
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     """A whole pipeline: see the module docstring for the file format."""
 
@@ -134,6 +150,7 @@ class PipelineSpec:
     sources: tuple[SourceSpec, ...] = ()
     stages: tuple[StageSpec, ...] = ()
     simulate: SimulateSpec | None = None
+    replay: ReplaySpec | None = None
     detector: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
     extra_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -153,6 +170,20 @@ class PipelineSpec:
         if self.simulate is not None and self.simulate.source not in names:
             raise AsapoWrongInputError(
                 f"pipeline: [simulate] source {self.simulate.source!r} is not a source")
+        if self.replay is not None:
+            self._check_replay(self.replay, names)
+
+    def _check_replay(self, replay: ReplaySpec, names: list[str]) -> None:
+        if replay.source not in names:
+            raise AsapoWrongInputError(
+                f"pipeline: [replay] source {replay.source!r} is not a source")
+        if self.simulate is not None and self.simulate.source == replay.source:
+            raise AsapoWrongInputError(
+                f"pipeline: source {replay.source!r} is fed by both [simulate] and [replay]")
+        if self.source(replay.source).record:
+            raise AsapoWrongInputError(
+                f"pipeline: [replay] source {replay.source!r} has record = true: it replays "
+                "a stored stream, which would be stored again; set record = false")
 
     @staticmethod
     def _check_stage(stage: StageSpec, sources: set[str]) -> None:
@@ -217,6 +248,9 @@ class PipelineSpec:
         stages = tuple(_make(StageSpec, "stage", s) for s in values.pop("stages", ()))
         sim = values.pop("simulate", None)
         sim = _make(SimulateSpec, "simulate", sim) if isinstance(sim, dict) else sim
+        replay = values.pop("replay", None)
+        if replay is not None:
+            values["replay"] = _make(ReplaySpec, "replay", replay)
         base = Path(values.pop("base_dir", base_dir))
         extra = {k: tuple(v) for k, v in values.pop("extra_groups", {}).items()}
         detector = dict(values.pop("detector", {}))

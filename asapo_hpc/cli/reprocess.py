@@ -1,0 +1,287 @@
+"""``asapo-hpc reprocess``: run a command or a pipeline over a stored stream.
+
+With a command (``asapo-hpc reprocess --beamtime B --source S --stream ST -n 4 -- prog
+ARGS``), N instances of the command run with environment variables naming what to read::
+
+    ASAPO_HPC_BEAMTIME  ASAPO_HPC_SOURCE  ASAPO_HPC_STREAM  ASAPO_HPC_GROUP
+    ASAPO_HPC_DATA_ROOT  ASAPO_HPC_INSTANCE (0..N-1)  ASAPO_HPC_INSTANCES (N)
+
+Each instance reads the stream with ``Consumer(B, S, data_root=...).get_next(G,
+stream=ST)`` and acknowledges what it processed. The group is set up as a disk-mode group
+(asapo_hpc.client.disk_groups) before the instances start: it reads the stream from the
+catalog and the HDF5 files from id 1, the instances share it exactly once, and it never
+holds a live ring back. A progress line shows the messages the group acknowledged out of the
+stream's size (from the catalog). The command fails when any instance fails; run it again
+with the same ``--group`` to do only what is not acknowledged yet.
+
+``--slurm`` submits the same as a Slurm job array (``sbatch --array=0-(N-1)``, one instance
+per task, the same variables) and returns; follow the group with ``--progress``.
+
+With ``--pipeline FILE``, the pipeline's first stage reads the stored stream: a replay
+process reads it from disk and publishes it into that stage's input ring (see
+asapo_hpc.pipeline.replay); the rest of the pipeline runs as ``asapo-hpc pipeline run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from asapo_hpc.errors import AsapoError, AsapoWrongInputError
+
+ENV_PREFIX = "ASAPO_HPC_"
+_TICK_S = 0.5
+_STOP_GRACE_S = 5.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``reprocess``."""
+    p.add_argument("--beamtime", required=True)
+    p.add_argument("--source", required=True, help="the stored data source")
+    p.add_argument("--stream", required=True, help="the stored stream")
+    p.add_argument("--data-root", default=None,
+                   help="the node's data root (default: $ASAPO_HPC_DATA_ROOT, ./asapo_data)")
+    p.add_argument("--group", default=None,
+                   help="consumer group (default: a new one); an existing group resumes")
+    p.add_argument("-n", "--instances", type=int, default=1,
+                   help="instances of the command sharing the stream (default 1)")
+    p.add_argument("--pipeline", default=None, help="run this pipeline file over the stream")
+    p.add_argument("--slurm", action="store_true",
+                   help="submit the instances as a Slurm job array instead of running them")
+    p.add_argument("--progress", action="store_true",
+                   help="only show the group's progress (e.g. of a Slurm job) and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="-- COMMAND ARGS...: the program each instance runs")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the instances read."""
+
+    beamtime: str
+    source: str
+    stream: str
+    group: str
+    data_root: Path
+    instances: int
+
+    def env(self, instance: int | None) -> dict[str, str]:
+        """The variables an instance gets (ASAPO_HPC_INSTANCE unless None)."""
+        values = {"BEAMTIME": self.beamtime, "SOURCE": self.source, "STREAM": self.stream,
+                  "GROUP": self.group, "DATA_ROOT": str(self.data_root),
+                  "INSTANCES": str(self.instances)}
+        if instance is not None:
+            values["INSTANCE"] = str(instance)
+        return {ENV_PREFIX + k: v for k, v in values.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 done; 1 an instance (or the pipeline) failed; 2 bad input."""
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    try:
+        _check_choice(args, command)
+        if args.pipeline:
+            return _run_pipeline(args)
+        task = _prepare(args)
+        if args.progress:
+            print(_progress_line(task))
+            return 0
+        if args.slurm:
+            return _submit_slurm(task, command)
+        return _run_command(task, command, quiet=args.quiet)
+    except AsapoError as exc:
+        print(f"asapo-hpc reprocess: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check_choice(args: argparse.Namespace, command: list[str]) -> None:
+    if args.instances < 1:
+        raise AsapoWrongInputError(f"-n must be at least 1, got {args.instances}")
+    if args.progress:
+        if args.group is None:
+            raise AsapoWrongInputError("--progress needs the --group to show")
+        return
+    if bool(args.pipeline) == bool(command):
+        raise AsapoWrongInputError(
+            "give either --pipeline FILE or -- COMMAND ARGS... (the program to run over the "
+            "stream), not both or neither")
+
+
+def _prepare(args: argparse.Namespace) -> Task:
+    """Check the stream is stored; set the group up as a disk-mode group (or resume it)."""
+    from asapo_hpc.catalog import Catalog, generate_group_id
+    from asapo_hpc.client.disk import catalog_path_for
+    from asapo_hpc.client.disk_groups import mark_disk_group
+
+    path = catalog_path_for(args.data_root).resolve()
+    if not path.exists():
+        raise AsapoWrongInputError(
+            f"no catalog at {path}: pass the node's data root with --data-root (or set "
+            "ASAPO_HPC_DATA_ROOT)")
+    group = args.group or f"reprocess-{generate_group_id()}"
+    with Catalog(path) as catalog:
+        if not mark_disk_group(catalog, group, args.source, args.stream):
+            _requeue_in_flight(catalog, group, args.source, args.stream)
+    return Task(args.beamtime, args.source, args.stream, group, path.parent, args.instances)
+
+
+def _requeue_in_flight(catalog, group: str, source: str, stream: str) -> None:
+    """A resumed group: what a failed run took but never acknowledged is due again now
+    (it would otherwise wait for its lease)."""
+    taken = catalog.get_counter(group, source, stream)
+    if not taken:
+        return
+    for data_id in catalog.unacknowledged(group, source, stream, 1, taken):
+        catalog.neg_acknowledge(group, source, stream, data_id, 0)
+
+
+def _counts(task: Task) -> tuple[int, int]:
+    """(acknowledged by the group, messages in the stream), from the catalog."""
+    from asapo_hpc.catalog import Catalog
+
+    with Catalog(task.data_root / "catalog.sqlite") as catalog:
+        total = catalog.get_current_size(task.source, task.stream)
+        missing = len(catalog.unacknowledged(task.group, task.source, task.stream)) \
+            if total else 0
+    return total - missing, total
+
+
+def _progress_line(task: Task) -> str:
+    done, total = _counts(task)
+    return f"group {task.group}: {done}/{total} messages of stream {task.stream!r} acknowledged"
+
+
+# -- a command ----------------------------------------------------------------------------
+
+def _run_command(task: Task, command: list[str], *, quiet: bool) -> int:
+    if shutil.which(command[0]) is None and not Path(command[0]).exists():
+        raise AsapoWrongInputError(f"command {command[0]!r} not found (is it on PATH?)")
+    print(f"asapo-hpc reprocess: {task.instances} x {shlex.join(command)} over stream "
+          f"{task.stream!r} of {task.source!r}, group {task.group}", file=sys.stderr)
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(task.instances):
+            procs.append(subprocess.Popen(command, env={**os.environ, **task.env(i)}))
+        _wait(procs, task, quiet)
+    finally:
+        _stop(procs)
+    return _report(task, command, [p.returncode for p in procs])
+
+
+def _wait(procs: list[subprocess.Popen], task: Task, quiet: bool) -> None:
+    while any(p.poll() is None for p in procs):
+        if not quiet:
+            running = sum(p.poll() is None for p in procs)
+            print(f"\r{_progress_line(task)}; {running} running", end="", file=sys.stderr,
+                  flush=True)
+        time.sleep(_TICK_S)
+    if not quiet:
+        print(f"\r{_progress_line(task)}; 0 running", file=sys.stderr)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Instances still running when we leave early (Ctrl-C, an error): terminate, then kill."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _report(task: Task, command: list[str], codes: list[int | None]) -> int:
+    done, total = _counts(task)
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    for i, code in failed:
+        print(f"asapo-hpc reprocess: instance {i} of {shlex.join(command)} failed with exit "
+              f"code {code}", file=sys.stderr)
+    if failed:
+        print(f"asapo-hpc reprocess: {len(failed)} of {len(codes)} instances failed; "
+              f"{done}/{total} messages acknowledged. Fix the cause and run again with "
+              f"--group {task.group} to process only the {total - done} not acknowledged",
+              file=sys.stderr)
+        return 1
+    if done < total:
+        print(f"asapo-hpc reprocess: every instance exited 0 but only {done}/{total} messages "
+              "were acknowledged (does the command acknowledge what it processed?)",
+              file=sys.stderr)
+    print(f"asapo-hpc reprocess: done; {done}/{total} messages acknowledged by group "
+          f"{task.group}")
+    return 0
+
+
+# -- Slurm --------------------------------------------------------------------------------
+
+def slurm_command(task: Task, command: list[str]) -> list[str]:
+    """The sbatch call: a job array of `instances` tasks, each one instance."""
+    exports = ",".join(["ALL", *(f"{k}={v}" for k, v in task.env(None).items())])
+    script = f"export {ENV_PREFIX}INSTANCE=$SLURM_ARRAY_TASK_ID; exec {shlex.join(command)}"
+    return ["sbatch", "--parsable", f"--array=0-{task.instances - 1}",
+            f"--job-name=asapo-reprocess-{task.stream}", f"--export={exports}",
+            "--wrap", script]
+
+
+def _submit_slurm(task: Task, command: list[str]) -> int:
+    call = slurm_command(task, command)
+    if shutil.which("sbatch") is None:
+        raise AsapoWrongInputError("--slurm: sbatch is not on PATH (run on a Slurm login "
+                                   "node, or leave out --slurm to run the instances here)")
+    done = subprocess.run(call, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"asapo-hpc reprocess: sbatch failed ({done.returncode}): "
+              f"{done.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"asapo-hpc reprocess: submitted Slurm job {done.stdout.strip()} "
+          f"({task.instances} tasks); follow it with: asapo-hpc reprocess --beamtime "
+          f"{task.beamtime} --source {task.source} --stream {task.stream} --data-root "
+          f"{task.data_root} --group {task.group} --progress")
+    return 0
+
+
+# -- a pipeline ---------------------------------------------------------------------------
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from asapo_hpc.client.disk import catalog_path_for
+    from asapo_hpc.pipeline import PipelineError, PipelineSpec, run_pipeline
+    from asapo_hpc.pipeline.spec import ReplaySpec
+
+    spec = PipelineSpec.from_file(args.pipeline)
+    if not spec.stages:
+        raise AsapoWrongInputError(f"pipeline {args.pipeline} has no stages to run")
+    path = catalog_path_for(args.data_root).resolve()
+    if not path.exists():
+        raise AsapoWrongInputError(f"no catalog at {path}: pass the node's data root with "
+                                   "--data-root (or set ASAPO_HPC_DATA_ROOT)")
+    first = spec.stages[0].input  # fed from disk: not recorded again
+    sources = tuple(dataclasses.replace(s, record=False) if s.name == first else s
+                    for s in spec.sources)
+    replay = ReplaySpec(source=first, stream=args.stream, from_source=args.source,
+                        data_root=str(path.parent))
+    spec = dataclasses.replace(spec, sources=sources, simulate=None, replay=replay)
+    try:
+        result = run_pipeline(spec, on_tick=None if args.quiet else _pipeline_progress)
+    except PipelineError as exc:
+        print(f"\nasapo-hpc reprocess: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nasapo-hpc reprocess: done in {result.seconds:.1f} s; frames per stage: "
+          f"{result.stage_frames}")
+    return 0
+
+
+def _pipeline_progress(status) -> None:
+    frames = " ".join(f"{k}={v}" for k, v in status.stage_frames.items())
+    print(f"\r{status.elapsed:6.1f} s  {frames}", end="", file=sys.stderr, flush=True)
