@@ -28,6 +28,9 @@ A TOML file (``asapo-hpc pipeline run FILE``)::
     output_stream = "{stream}"      # output stream name from the input stream's
     [stages.options]                # given to the worker
     large_pixels = true
+                                    # an azint stage: npt, unit, method, ...; with
+                                    # from_modules = true it reads the 12-part dataset
+                                    # itself (no stitch stage needed; see README)
 
     [simulate]                      # optional: a Lambda simulator feeds a source
     source = "raw"
