@@ -225,6 +225,19 @@ def _check_access(claims: dict[str, Any], access: str) -> None:
         )
 
 
+PRODUCER_TYPES = {"processed": "write", "raw": "writeraw"}
+
+
+def access_for_producer_type(producer_type: object) -> str:
+    """The access type a producer of ``producer_type`` needs to send: ``write`` for a
+    processed data source, ``writeraw`` for a raw one (ASAPO's receiver rule)."""
+    access = PRODUCER_TYPES.get(producer_type) if isinstance(producer_type, str) else None
+    if access is None:
+        raise AsapoWrongInputError(
+            f"producer type {producer_type!r:.40} is not one of {sorted(PRODUCER_TYPES)}")
+    return access
+
+
 def verify_token(
     secret: bytes,
     token: str,

@@ -17,6 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", help="catalog file (default <data root>/catalog.sqlite)")
     p.add_argument("--beamtime", help="beamtime id")
     p.add_argument("--source", nargs="+", help="data sources to serve (default: the file's)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus /metrics port (-1 off, 0 any free port)")
+    p.add_argument("--remote-port", type=int, default=None,
+                   help="port serving remote clients over ZeroMQ (-1 off, 0 any free port)")
+    p.add_argument("--remote-host", default=None,
+                   help="address the remote port binds (default 127.0.0.1)")
+    p.add_argument("--secret-file", default=None,
+                   help="token key file (default <data root>/asapo_hpc_secret.key)")
     p.add_argument("--status-interval", type=float, default=None,
                    help="seconds between status lines (0: none)")
 
@@ -50,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     try:
         config = load_config(args.config, data_root=args.data_root, beamtime=args.beamtime,
-                             sources=args.source, catalog=args.catalog)
+                             sources=args.source, catalog=args.catalog,
+                             metrics_port=args.metrics_port, remote_port=args.remote_port,
+                             remote_host=args.remote_host, secret_file=args.secret_file)
         service = NodeService(config)
         service.install_signal_handlers()
         service.start()

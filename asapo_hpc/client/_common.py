@@ -24,7 +24,7 @@ def check_endpoint(endpoint: str) -> None:
     if endpoint not in LOCAL_ENDPOINTS:
         raise AsapoUnavailableServiceError(
             f"endpoint {endpoint!r} is not served by this client: use '' (node-local shared "
-            "memory, the default)")
+            "memory, the default) or 'tcp://host:port' (a node's remote port)")
 
 
 def open_segment(beamtime: str, data_source: str, config: RingConfig | None,

@@ -71,6 +71,19 @@ FIELD_DOCS: dict[str, str] = {
     "influx_token": "Sent as 'Authorization: Token <token>' with every push (InfluxDB 2.x); "
                     "empty = no header.",
     "influx_interval_s": "Seconds between two pushes to influx_url.",
+    "remote_port": "Port of the remote endpoint (ZeroMQ ROUTER, asapo_hpc.node.remote) that "
+                   "serves consumers and producers on other hosts (endpoint 'tcp://host:port' "
+                   "in create_consumer / create_producer): -1 = off (the default), 0 = any "
+                   "free port (logged in node_started, NodeService.remote_endpoint), else "
+                   "that port. Every request needs a beamtime token.",
+    "remote_host": "Address the remote endpoint binds; 127.0.0.1 unless you mean other hosts "
+                   "to reach it (e.g. 0.0.0.0, or the address of the cluster network).",
+    "remote_lease_s": "A remote consumer that makes no request for this many seconds is "
+                      "presumed gone: the messages it holds go back to their groups "
+                      "(redelivered). Keep it above the time a client spends on a message.",
+    "secret_file": "Key file of the beamtime tokens (HS256) the remote endpoint checks; "
+                   "empty = <data_root>/asapo_hpc_secret.key, created 0600 if missing. Issue "
+                   "tokens with `asapo-hpc token --secret <this file>`.",
     # SourceConfig
     "name": "Data source name (the ring is /dev/shm/<prefix>.<beamtime>.<name>).",
     "format": "'frames': messages of frame_shape x dtype (x parts) are stored as images; "
@@ -158,11 +171,17 @@ class NodeConfig:
     influx_url: str = ""
     influx_token: str = ""
     influx_interval_s: float = 10.0
+    remote_port: int = -1
+    remote_host: str = "127.0.0.1"
+    remote_lease_s: float = 30.0
+    secret_file: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_root", Path(self.data_root))
         if self.catalog:
             object.__setattr__(self, "catalog", Path(self.catalog))
+        object.__setattr__(self, "secret_file", Path(self.secret_file)
+                           if self.secret_file else None)
         object.__setattr__(self, "sources", tuple(self.sources))
         check_name(self.beamtime, "beamtime id", 80)
         names = [s.name for s in self.sources]
@@ -175,6 +194,9 @@ class NodeConfig:
         if not -1 <= self.metrics_port <= 65535 or self.influx_interval_s <= 0:
             raise AsapoWrongInputError(f"metrics_port={self.metrics_port} must be -1 (off), 0 "
                                        "(any free port) or a port; influx_interval_s > 0")
+        if not -1 <= self.remote_port <= 65535 or not self.remote_lease_s > 0:
+            raise AsapoWrongInputError(f"remote_port={self.remote_port} must be -1 (off), 0 "
+                                       "(any free port) or a port; remote_lease_s > 0")
         self.sink.validated()
         Compression.parse(self.sink.compression)
 
@@ -206,7 +228,9 @@ class NodeConfig:
 
 def load_config(path: str | os.PathLike | None = None, *, data_root: str | None = None,
                 beamtime: str | None = None, sources: list[str] | None = None,
-                catalog: str | None = None) -> NodeConfig:
+                catalog: str | None = None, metrics_port: int | None = None,
+                remote_port: int | None = None, remote_host: str | None = None,
+                secret_file: str | None = None) -> NodeConfig:
     """The node configuration from the TOML file `path` (or defaults), then the overrides.
 
     `sources` keeps the named sources of the file, in that order; a name the file lacks
@@ -224,7 +248,11 @@ def load_config(path: str | os.PathLike | None = None, *, data_root: str | None 
     config = NodeConfig.from_dict(values)
     changes: dict[str, Any] = {k: v for k, v in (("data_root", data_root),
                                                 ("beamtime", beamtime),
-                                                ("catalog", catalog)) if v is not None}
+                                                ("catalog", catalog),
+                                                ("metrics_port", metrics_port),
+                                                ("remote_port", remote_port),
+                                                ("remote_host", remote_host),
+                                                ("secret_file", secret_file)) if v is not None}
     if sources:
         known = {s.name: s for s in config.sources}
         changes["sources"] = tuple(known.get(name) or SourceConfig(name) for name in sources)

@@ -2,9 +2,11 @@
 
 ``start()`` creates each source's ring (or attaches to it, refusing contradicting settings
 with AsapoConfigMismatchError), with the durable group ``sink`` declared, and starts one
-recorder thread per source (see ``asapo_hpc.node.recorder``). ``stop()`` (also on SIGTERM /
-SIGINT after ``install_signal_handlers``) lets each recorder store what it holds, closes
-the writers and the catalog. ``counters()`` gives the figures for a metrics endpoint.
+recorder thread per source (see ``asapo_hpc.node.recorder``) and, when ``remote_port`` is
+set, the remote endpoint for clients on other hosts (``asapo_hpc.node.remote``).
+``stop()`` (also on SIGTERM / SIGINT after ``install_signal_handlers``) releases what remote
+clients hold, lets each recorder store what it holds, closes the writers and the catalog.
+``counters()`` gives the figures for a metrics endpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from asapo_hpc.node.counters import NodeCounters
 from asapo_hpc.node.events import event
 from asapo_hpc.node.metrics import NodeMetrics
 from asapo_hpc.node.recorder import Recorder
+from asapo_hpc.node.remote import RemoteServer
 
 
 class NodeService:
@@ -39,6 +42,7 @@ class NodeService:
         self._catalog: Catalog | None = None
         self._failed: list[str] = []
         self._metrics: NodeMetrics | None = None
+        self._remote: RemoteServer | None = None
 
     def start(self) -> NodeService:
         """Open the catalog and the rings, start the recorders; returns self."""
@@ -53,7 +57,12 @@ class NodeService:
                                           config=source.ring, create=True,
                                           batch_capacity=self.config.batch_size))
             self._metrics = NodeMetrics(self.config, self.counters, lambda: self.failed_sources)
+            if self.config.remote_port >= 0:  # binds now: a taken port fails start()
+                self._remote = RemoteServer(self.config, self._stop)
         except BaseException:
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
             for consumer in consumers:
                 consumer.close()
             self._catalog.close()
@@ -66,10 +75,12 @@ class NodeService:
                                       name=f"asapo-recorder-{source.name}", daemon=True)
             self._threads.append(thread)
             thread.start()
+        if self._remote is not None:
+            self._remote.start()
         event(logging.INFO, "node_started", beamtime=self.config.beamtime,
               sources=[s.name for s in self.config.sources],
               data_root=str(self.config.data_root), catalog=str(self.config.catalog_path),
-              metrics=self.metrics_url)
+              metrics=self.metrics_url, remote=self.remote_endpoint)
         return self
 
     def _run_recorder(self, recorder: Recorder) -> None:
@@ -89,12 +100,21 @@ class NodeService:
         return self._metrics.url if self._metrics else None
 
     @property
+    def remote_endpoint(self) -> str | None:
+        """'tcp://host:port' of the remote endpoint (asapo_hpc.node.remote); None when off."""
+        return self._remote.endpoint if self._remote else None
+
+    @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
     def stop(self, timeout: float | None = None) -> None:
         """Store what is in flight, close writers, rings and catalog; safe to call twice."""
         self._stop.set()
+        if self._remote is not None:  # first: its members' claims go back to the groups
+            self._remote.close(timeout)
+            if not self._remote.running:
+                self._remote = None
         for thread in self._threads:
             thread.join(timeout)
         if self._metrics is not None and not self.running:

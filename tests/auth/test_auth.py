@@ -14,6 +14,7 @@ import time
 import pytest
 
 from asapo_hpc.auth import (
+    access_for_producer_type,
     issue_token,
     load_or_create_secret,
     token_access_types,
@@ -381,3 +382,15 @@ def test_secret_from_file_issues_verifiable_tokens(tmp_path) -> None:
     secret = load_or_create_secret(tmp_path / "key")
     token = issue_token(secret, beamtime="bt1", expires_in=None)
     assert verify_token(secret, token, beamtime="bt1", access="read")["sub"] == "bt_bt1"
+
+
+@pytest.mark.parametrize("producer_type, access", [("processed", "write"), ("raw", "writeraw")])
+def test_producer_type_names_the_write_access_it_needs(producer_type: str, access: str) -> None:
+    assert access_for_producer_type(producer_type) == access
+
+
+@pytest.mark.parametrize("producer_type", ["Raw", "", None, 1, ["raw"]])
+def test_unknown_producer_type_is_wrong_input(producer_type: object) -> None:
+    with pytest.raises(AsapoWrongInputError, match="producer type .* is not one of "
+                                                   r"\['processed', 'raw'\]"):
+        access_for_producer_type(producer_type)

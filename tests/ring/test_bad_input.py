@@ -330,7 +330,7 @@ def test_config_that_only_adds_groups_is_accepted(pc):
         assert consumer.get_next("g", timeout_ms=200).id == 1
 
 
-@pytest.mark.parametrize("endpoint", ["localhost:8400", "tcp://host:5555", "SHM"])
+@pytest.mark.parametrize("endpoint", ["localhost:8400", "udp://host:5555", "SHM"])
 def test_unknown_endpoint(shm_prefix, endpoint):
     for make in (lambda: create_producer(endpoint, "processed", "bt", "auto", "src", "", 1),
                  lambda: create_consumer(endpoint, "", False, "bt", "src", "", 100)):
