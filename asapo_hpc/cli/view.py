@@ -20,6 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", type=int, nargs="+", metavar="N",
                    help="frame shape when a message's metadata has none, e.g. --shape H W")
     p.add_argument("--dtype", help="frame dtype when a message's metadata has none")
+    p.add_argument("--layout", metavar="TOML",
+                   help="detector layout (Lambda 9M TOML) placing the modules of a dataset "
+                        "frame; default: the shipped example layout if the parts name its "
+                        "modules, else the modules stacked")
     p.add_argument("--scale", choices=["log", "linear"], default="log", help="colour scale")
     p.add_argument("--clip", type=float, nargs=2, default=(1.0, 99.5), metavar=("LO", "HI"),
                    help="percentiles mapped to the ends of the colour scale")
@@ -35,10 +39,15 @@ def config_from(args: argparse.Namespace):
 
     scale = Scale(kind=args.scale, low_pct=args.clip[0], high_pct=args.clip[1],
                   cmap=args.cmap, max_size=args.max_size)
+    layout = None
+    if args.layout:
+        from asapo_hpc.detectors.lambda9m import Lambda9MLayout
+
+        layout = Lambda9MLayout.from_toml(args.layout)
     return ViewConfig(beamtime=args.beamtime, raw=args.raw, processed=args.processed,
                       host=args.host, port=args.port,
                       shape=tuple(args.shape) if args.shape else None, dtype=args.dtype,
-                      scale=scale, poll_ms=args.poll_ms)
+                      scale=scale, poll_ms=args.poll_ms, layout=layout)
 
 
 def run(args: argparse.Namespace) -> int:

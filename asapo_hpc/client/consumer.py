@@ -36,6 +36,7 @@ from asapo_hpc.errors import (
 )
 
 _EAGAIN, _ENOENT, _ESTALE = -11, -2, -116
+_EMSGSIZE = -90  # ahr_read_part: the buffer was short; the message says its length
 _NO_SEQ = 2**64 - 1
 _new = object.__new__
 log = logging.getLogger("asapo_hpc.consumer")
@@ -387,8 +388,9 @@ class Consumer(ConsumerStreams):
         next_stream = marker.meta.get("next_stream")
         if next_stream == NO_NEXT_STREAM:
             next_stream = None
-        if stream is not None:  # a one-stream group has nothing more to follow
-            lib.ahr_group_retire(self._segment.ptr, marker._group)
+        if stream is not None:  # a one-stream group has nothing more to follow: the C core
+            # retires it once every member acknowledged all up to the marker (until then a
+            # member still holding a message can acknowledge it, or it is redelivered)
             self._forget_group(group_id, stream)
             self._retired.add((group_id, stream))
         raise AsapoStreamFinishedError(
@@ -543,6 +545,28 @@ class Consumer(ConsumerStreams):
         if rc == _ENOENT:
             return self._from_disk(int(id), stream)
         check(rc, f"get_by_id {id}")
+        return self._copied(out, dst)
+
+    def get_part(self, id: int, substream: int, stream: str = "default",
+                 max_bytes: int | None = None) -> Message:
+        """A copy of part `substream` (1-based) of dataset `id` of `stream`, from the ring
+        only: a latest-value read for live viewers, which never holds the producer back and
+        never falls back to disk (use get_dataset_by_id for that). AsapoDataNotInCacheError
+        when the ring does not hold the part (not yet published, or overwritten, also while
+        being read). `max_bytes` sizes the first buffer; a larger part is read again."""
+        cap = max_bytes or self._segment.config["slot_size"] * self._segment.config["slot_count"]
+        for _ in range(2):
+            dst = np.empty(cap, dtype=np.uint8)
+            out = ffi.new("struct ahr_msg *")
+            rc = lib.ahr_read_part(self._segment.ptr, self._streams.index(stream), int(id),
+                                   int(substream), ffi.from_buffer(dst), cap, out)
+            if rc != _EMSGSIZE:
+                break
+            cap = out.data_len  # not yet verified: the retry's own seqlock read checks it
+        if rc in (_ENOENT, _ESTALE):
+            raise AsapoDataNotInCacheError(
+                f"part {substream} of message {id} of stream {stream!r} is not in the ring")
+        check(rc, f"get_part {id} part {substream}")
         return self._copied(out, dst)
 
     def _from_disk(self, id: int, stream: str) -> Message:

@@ -9,6 +9,11 @@ was published: the view never holds a producer back and skips what it cannot sho
 
 Raw frames: meta ``{"shape": [h, w], "dtype": "uint16"}`` (or the ``--shape`` / ``--dtype``
 defaults; a shape of more than two dimensions is shown as its modules stacked vertically).
+Datasets (a detector frame published as one part per module, as the Lambda 9M simulator
+does): the frame shown is the newest id whose parts are all still in the ring, its modules
+placed by the detector layout (``--layout``, or the shipped example layout when the parts'
+metadata name its modules) or else stacked; the page says "12 of 12 parts". See
+:mod:`asapo_hpc.view.assemble`.
 Profiles: see :mod:`asapo_hpc.view.profile`.
 """
 

@@ -76,8 +76,11 @@ function showRaw(r) {
   text('frame-rate', fmtRate(r.rate_hz));
   const shape = r.shape ? r.shape.join('\u00d7') + ' ' + r.dtype : '';
   const age = (r.age_s === undefined) ? '' : ', ' + r.age_s.toFixed(1) + ' s old';
-  const part = r.dataset ? ', part ' + r.dataset[0] + ' of ' + r.dataset[1] : '';
-  text('frame-info', r.id === null ? '' : '(' + shape + part + age + ')');
+  // a whole frame assembled from its parts, or (no dataset) one message
+  const part = r.parts ? ', ' + r.parts[0] + ' of ' + r.parts[1] + ' parts'
+    : (r.dataset ? ', part ' + r.dataset[0] + ' of ' + r.dataset[1] : '');
+  const geometry = r.geometry ? ', ' + r.geometry : '';
+  text('frame-info', r.id === null ? '' : '(' + shape + part + geometry + age + ')');
   text('frame-error', r.frame_error || r.error || (r.id === null ? 'no frame yet' : ''));
   if (r.id !== null && r.id !== shownFrame && !frameBusy && !r.frame_error) loadFrame();
 }
@@ -95,6 +98,7 @@ async function loadFrame() {
         shownFrame = id;
         text('frame-id', id);
         document.body.dataset.frameId = id;
+        document.body.dataset.frameSize = img.naturalHeight + 'x' + img.naturalWidth;
       };
       img.src = url;
     }

@@ -66,21 +66,34 @@ def _frame_dtype(name: str | None, dims: Any, nbytes: int) -> np.dtype:
                            "or start the view with --dtype")
 
 
-def _factor(shape: tuple[int, ...], max_size: int) -> int:
+def display_factor(shape: tuple[int, ...], max_size: int) -> int:
+    """The block size that brings the longest side of `shape` to at most max_size."""
     return max(1, -(-max(shape) // max_size)) if max_size > 0 else 1
 
 
 def downsample(image: np.ndarray, max_size: int) -> np.ndarray:
     """Block means so that neither side exceeds max_size (remainder rows/columns dropped;
     a side shorter than one block is strided instead)."""
-    factor = _factor(image.shape, max_size)
+    return block_mean(image, display_factor(image.shape, max_size))
+
+
+def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """float32 means of factor x factor blocks (see downsample)."""
     if factor == 1:
         return image.astype(np.float32, copy=False)
     h, w = image.shape[0] // factor, image.shape[1] // factor
     if h == 0 or w == 0:
         return image[::factor, ::factor].astype(np.float32)
-    blocks = image[:h * factor, :w * factor].astype(np.float32)
-    return blocks.reshape(h, factor, w, factor).mean(axis=(1, 3))
+    # Sums of strided slices, columns then rows: ~6x faster than a mean over a 4-D reshape
+    # (numpy reduces short inner axes slowly), which matters for a 9 Mpixel detector.
+    cols = image[:h * factor, 0:w * factor:factor].astype(np.float32)
+    for j in range(1, factor):
+        cols += image[:h * factor, j:w * factor:factor]
+    out = cols[0::factor].copy()
+    for i in range(1, factor):
+        out += cols[i::factor]
+    out *= np.float32(1.0 / (factor * factor))
+    return out
 
 
 def normalise(values: np.ndarray, scale: Scale) -> np.ndarray:
@@ -111,13 +124,17 @@ def colourise(unit: np.ndarray, cmap: str) -> np.ndarray:
 
 def render_frame(image: np.ndarray, scale: Scale) -> bytes:
     """PNG bytes of a 2D frame, downsampled to scale.max_size and colour-scaled."""
-    small = downsample(image, scale.max_size)
+    return render_small(downsample(image, scale.max_size), scale)
+
+
+def render_small(small: np.ndarray, scale: Scale) -> bytes:
+    """PNG bytes of an already downsampled float32 image (NaN = masked)."""
     return encode_png(colourise(normalise(small, scale), scale.cmap))
 
 
 def rendered_size(shape: tuple[int, int], max_size: int) -> tuple[int, int]:
     """(h, w) of the PNG render_frame makes for a frame of `shape`."""
-    factor = _factor(shape, max_size)
+    factor = display_factor(shape, max_size)
     h, w = shape[0] // factor, shape[1] // factor
     if h == 0 or w == 0:
         return -(-shape[0] // factor), -(-shape[1] // factor)

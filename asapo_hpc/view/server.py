@@ -9,16 +9,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from asapo_hpc.client import Message
 from asapo_hpc.errors import AsapoError
+from asapo_hpc.view.assemble import Arrangement, assemble_small, choose_layout, from_layout, stacked
 from asapo_hpc.view.page import page_html
 from asapo_hpc.view.profile import ProfileFormatError, decode_profile
-from asapo_hpc.view.render import Scale, frame_layout, render_frame
+from asapo_hpc.view.render import FrameFormatError, Scale, frame_layout, render_frame, render_small
 from asapo_hpc.view.source import LatestSource, Snapshot
+
+if TYPE_CHECKING:
+    from asapo_hpc.detectors.lambda9m import Lambda9MLayout
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,9 @@ class ViewConfig:
     scale: Scale = Scale()
     poll_ms: int = 250  # how often the page asks for news
     min_read_interval_s: float = 0.05  # the ring is read at most this often per source
+    # where the modules of a dataset frame go; None: the default Lambda 9M layout if the
+    # parts name its modules, else the modules stacked
+    layout: Lambda9MLayout | None = None
 
 
 class _Cache:
@@ -118,6 +126,8 @@ class ViewServer:
         return None if snap is None else self._frame_cache.get(snap, self._render)
 
     def _render(self, snap: Snapshot) -> dict[str, Any]:
+        if snap.parts:
+            return self._render_dataset(snap)
         msg = snap.message
         try:
             meta = msg.meta if isinstance(msg.meta, dict) else {}
@@ -128,6 +138,39 @@ class ViewServer:
             return {"png": None, "id": msg.id, "info": {"frame_error": str(exc)}}
         return {"png": png, "id": msg.id,
                 "info": {"shape": [h, w], "dtype": str(dtype), "frame_error": None}}
+
+    def _render_dataset(self, snap: Snapshot) -> dict[str, Any]:
+        """All parts of one frame, placed by the detector layout (or stacked)."""
+        try:
+            modules, arrangement = self._modules(snap.parts)
+            small = assemble_small(modules, arrangement, self.config.scale.max_size)
+            png = render_small(small, self.config.scale)
+        except (ValueError, TypeError, AsapoError) as exc:  # FrameFormatError is a ValueError
+            return {"png": None, "id": snap.message.id, "info": {"frame_error": str(exc)}}
+        return {"png": png, "id": snap.message.id,
+                "info": {"shape": list(arrangement.shape), "dtype": str(modules[0].dtype),
+                         "module_shape": list(arrangement.module_shape),
+                         "geometry": arrangement.geometry, "frame_error": None}}
+
+    def _modules(self, parts: tuple[Message, ...]) -> tuple[list[np.ndarray], Arrangement]:
+        """Each part as a 2D module array (no copy), and where the modules go."""
+        metas = [p.meta if isinstance(p.meta, dict) else {} for p in parts]
+        layout = choose_layout(self.config.layout, len(parts), metas)
+        shape = layout.module_shape if layout else self.config.shape
+        dtype = str(layout.dtype) if layout else self.config.dtype
+        modules = []
+        for part, meta in zip(parts, metas, strict=True):
+            dims, dt = frame_layout(meta, part.size, shape, dtype)
+            modules.append(part.array(dt, dims))
+        kinds = {(m.shape, str(m.dtype)) for m in modules}
+        if len(kinds) != 1:
+            raise FrameFormatError(f"the parts differ in shape or dtype: {sorted(kinds)}")
+        if layout is None:
+            return modules, stacked(len(modules), modules[0].shape)
+        if modules[0].shape != layout.module_shape:
+            raise FrameFormatError(f"parts of {modules[0].shape} do not fit the modules of "
+                                   f"layout {layout.name!r}, {layout.module_shape}")
+        return modules, from_layout(layout)
 
     def profile(self) -> dict[str, Any] | None:
         snap = self.processed.refresh() if self.processed else None

@@ -1,6 +1,12 @@
 """Latest-value reading of one data source for the view: attach when the producer appears,
 re-attach when it re-creates its ring, copy the newest message only when something new was
-published (``Consumer.get_last``: never holds the producer back), and measure the rate."""
+published (``Consumer.get_last``: never holds the producer back), and measure the rate.
+
+When the newest message is a part of a dataset (a detector frame of one part per module),
+the frame shown is the newest id whose parts are all still in the ring: the newest id, or
+else the one before it (a part not yet published, or overwritten while we read). Parts are
+read with ``Consumer.get_part``, also a latest-value read. If neither id is whole, the last
+whole frame stays on show."""
 
 from __future__ import annotations
 
@@ -22,12 +28,19 @@ ATTACH_RETRY_S = 1.0
 
 @dataclass
 class Snapshot:
-    """The newest message seen (a private copy) and when it was read."""
+    """The newest message seen (a private copy) and when it was read. For a dataset:
+    `parts` holds every part of the frame shown (copies, in substream order) and `message`
+    is its first part."""
 
     message: Message
     stream: str
     read_at: float
     published: int  # the ring's published counter when it was read
+    parts: tuple[Message, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.parts) if self.parts else self.message.size
 
 
 @dataclass
@@ -141,8 +154,39 @@ class LatestSource:
             self._detach()
             return
         self._seen_published, self.error = published, None
+        if msg.dataset is not None and msg.dataset[1] > 1:
+            self._read_dataset(msg, now, published)
+            return
         self._snapshot = Snapshot(msg, msg.stream, now, published)
         self._samples.add(now, published, msg.id)
+
+    def _read_dataset(self, newest: Message, now: float, published: int) -> None:
+        """Show the newest whole frame: newest.id, else newest.id - 1."""
+        for data_id in (newest.id, newest.id - 1):
+            parts = self._parts_of(data_id, newest) if data_id >= 1 else None
+            if parts is not None:
+                self._snapshot = Snapshot(parts[0], newest.stream, now, published, parts)
+                self._samples.add(now, published, data_id)
+                return
+        part, n = newest.dataset
+        self.error = (None if self._snapshot is not None and self._snapshot.parts else
+                      f"no whole frame in the ring yet (newest: part {part} of {n} of id "
+                      f"{newest.id}); is the ring shorter than one frame?")
+
+    def _parts_of(self, data_id: int, newest: Message) -> tuple[Message, ...] | None:
+        """All parts of dataset data_id (copies), or None if one is not in the ring."""
+        substream, n = newest.dataset
+        parts: list[Message] = [newest] * n
+        # last part first: a frame still being published fails at once, before any copy
+        for k in range(n, 0, -1):
+            if data_id == newest.id and k == substream:
+                continue  # get_last already copied it
+            try:
+                parts[k - 1] = self._consumer.get_part(data_id, k, newest.stream,
+                                                       max_bytes=newest.size)
+            except AsapoNoDataError:  # not yet published, or overwritten
+                return None
+        return tuple(parts)
 
     def status(self) -> dict[str, Any]:
         """What the page shows about this source."""
@@ -153,8 +197,9 @@ class LatestSource:
                                "rate_hz": id_rate, "messages_per_s": msg_rate}
         if snap is not None:
             msg = snap.message
-            out.update(id=msg.id, stream=snap.stream, size=msg.size,
+            out.update(id=msg.id, stream=snap.stream, size=snap.size,
                        timestamp_ns=msg.timestamp, dataset=msg.dataset,
+                       parts=[len(snap.parts), msg.dataset[1]] if snap.parts else None,
                        age_s=max(0.0, (time.time_ns() - msg.timestamp) / 1e9),
                        published=snap.published)
         return out

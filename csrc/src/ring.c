@@ -1241,9 +1241,22 @@ static void advance_floor(struct ahr_ring *r, uint32_t gi)
         if (tag_lap(tag) != (lap_of(r, f) & 0xffffffffull) ||
             (st != CLAIM_ACKED && st != CLAIM_DEAD))
             break;
+        /* read before the floor passes: until then the producer cannot reuse the slot */
+        int ends_group = g->stream_filter != AHR_ALL_STREAMS &&
+                         ss_state(ss) == DESC_PUBLISHED &&
+                         (d->flags & AHR_FLAG_FINISH) &&
+                         d->stream == g->stream_filter;
         /* release: everything read from these slots happened before the producer sees it */
-        if (cas_acq_rel(&g->floor, &f, f + span))
+        if (cas_acq_rel(&g->floor, &f, f + span)) {
             moved = 1;
+            if (ends_group) {
+                /* a one-stream group is done once everything up to its stream's finish
+                 * marker is acknowledged: retire it, or it would hold the ring for
+                 * messages of other streams nobody of it will ever skip */
+                ahr_group_retire(r, (uint32_t)group_handle(r, gi));
+                return; /* retiring woke the producers */
+            }
+        }
     }
     if (moved)
         wake_producers(r);
@@ -1703,6 +1716,37 @@ int ahr_read_by_id(const struct ahr_ring *r, uint32_t stream, uint64_t id, void 
         return -ENOENT;
     int rc = copy_if_intact(r, best, dst, cap, out);
     return rc == -ESTALE ? -ENOENT : rc;
+}
+
+/* One part of a dataset (or, with substream 0, a message that is not a dataset part): a
+ * live viewer assembles a whole detector frame from these. read_by_id cannot do it, since
+ * the n parts of a frame share (stream, id) and it takes the newest of them. The id,
+ * stream and substream are read again inside the seqlock (fill_msg) and compared: the scan
+ * reads them without it, and a torn read must not hand out another message's bytes. */
+int ahr_read_part(const struct ahr_ring *r, uint32_t stream, uint64_t id, uint32_t substream,
+                  void *dst, uint64_t cap, struct ahr_msg *out)
+{
+    if (!out || (cap && !dst) || stream >= r->cfg.max_streams)
+        return -EINVAL;
+    unsigned char none;
+    if (!dst)
+        dst = &none; /* a probe (cap 0): memcpy of 0 bytes still wants a valid pointer */
+    uint64_t best = NO_SEQ;
+    for (uint32_t i = 0; i < r->cfg.slot_count; i++) {
+        const struct seg_desc *d = &r->descs[i];
+        uint64_t ss = load_acquire(&d->seqstate);
+        if (ss_state(ss) == DESC_PUBLISHED && d->id == id && d->stream == stream &&
+            d->ds_substream == substream && (best == NO_SEQ || ss_seq(ss) > best))
+            best = ss_seq(ss);
+    }
+    if (best == NO_SEQ)
+        return -ENOENT;
+    int rc = copy_if_intact(r, best, dst, cap, out);
+    if (rc)
+        return rc; /* -ESTALE: overwritten while copying; -EMSGSIZE: out has data_len */
+    if (out->id != id || out->stream != stream || out->ds_substream != substream)
+        return -ESTALE;
+    return 0;
 }
 
 int ahr_read_tail(const struct ahr_ring *r, const struct ahr_msg *msg, void *dst, uint64_t cap)

@@ -255,6 +255,29 @@ int main(void)
     CHECK_RC(ahr_get_next(r, (uint32_t)g7, (uint32_t)c2, 0, &m), -EAGAIN);
     CHECK(gstats(g7).delivered == 3 && gstats(g7).acked == 3);
 
+    /* 6. a one-stream group retires itself when its floor passes its stream's finish
+     *    marker, not before: a member still holding a message can acknowledge it */
+    for (int k = 0; k < 2; k++) /* the other groups stay clear of the ring */
+        while (ahr_get_next(r, (uint32_t)(k ? g7 : g1), (uint32_t)c2, 0, &m) == 0)
+            CHECK_RC(ahr_ack(r, (uint32_t)(k ? g7 : g1), (uint32_t)c2, m.seq), 0);
+    while (ahr_get_next(r, (uint32_t)g6, (uint32_t)c2, 0, &m) == 0)
+        CHECK_RC(ahr_ack(r, (uint32_t)g6, (uint32_t)c2, m.seq), 0);
+    CHECK_RC(publish((uint32_t)sb, id_b), 0);
+    CHECK_RC(publish((uint32_t)sa, id_a++), 0); /* another stream's message in between */
+    struct ahr_pub fin = make_pub((uint32_t)sb, id_b + 1, 0);
+    fin.flags = AHR_FLAG_FINISH;
+    CHECK_RC(ahr_send(r, (uint32_t)prod, NULL, &fin, NULL, 0, NULL, 0, 0, NULL), 0);
+    struct ahr_msg last = take(gf, c1); /* c1 holds the stream's last message */
+    CHECK(last.id == id_b);
+    struct ahr_msg marker;
+    CHECK_RC(ahr_get_next(r, (uint32_t)gf, (uint32_t)c2, 0, &marker), 0);
+    CHECK(marker.flags & AHR_FLAG_FINISH);
+    CHECK_RC(ahr_ack(r, (uint32_t)gf, (uint32_t)c2, marker.seq), 0);
+    CHECK(gstats(gf).stream_filter == (uint32_t)sb); /* still live: c1's is not acked */
+    CHECK_RC(ahr_ack(r, (uint32_t)gf, (uint32_t)c1, last.seq), 0);
+    CHECK_RC(ahr_group_stats(r, (uint32_t)gf, &st), -ENOENT); /* retired by that ack */
+    CHECK_RC(ahr_ack(r, (uint32_t)gf, (uint32_t)c1, last.seq), -ENOENT);
+
     CHECK_RC(ahr_leave(r, (uint32_t)prod), 0);
     CHECK_RC(ahr_leave(r, (uint32_t)c1), 0);
     CHECK_RC(ahr_leave(r, (uint32_t)c2), 0);

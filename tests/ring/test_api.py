@@ -289,6 +289,25 @@ def test_stream_finished_for_every_member_of_a_stream_group(ring):
         assert info.value.next_stream == "s2"
 
 
+def test_a_member_told_the_end_does_not_cut_off_one_still_working(ring):
+    """One member meets the finish marker while another still holds the stream's last
+    message: that one can still acknowledge it; its acknowledgement ends the group."""
+    producer, c1, c2 = ring(n_consumers=2)
+    for c in (c1, c2):
+        with pytest.raises(AsapoEndOfStreamError):
+            c.get_next("h", stream="s1", timeout_ms=10)
+    producer.send(1, b"a", stream="s1")
+    producer.send_stream_finished_flag("s1", 1)
+    working = c1.get_next("h", stream="s1", timeout_ms=T)
+    with pytest.raises(AsapoStreamFinishedError):
+        c2.get_next("h", stream="s1", timeout_ms=T)
+    fill = producer.stats()["groups"]
+    c1.acknowledge("h", working)  # the group is still there for it
+    assert producer.stats()["groups"] == fill - 1  # and now retired: holds nothing
+    with pytest.raises(AsapoStreamFinishedError):
+        c1.get_next("h", stream="s1", timeout_ms=T)
+
+
 def test_stream_finished_without_next_stream(ring):
     producer, consumer = ring()
     producer.send(1, b"a", stream="last")

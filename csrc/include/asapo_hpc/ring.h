@@ -275,6 +275,13 @@ int ahr_read_last(const struct ahr_ring *ring, void *dst, uint64_t cap, struct a
 int ahr_read_by_id(const struct ahr_ring *ring, uint32_t stream, uint64_t id, void *dst,
                    uint64_t cap, struct ahr_msg *out);
 
+/* Like ahr_read_by_id for part `substream` (1-based; 0 = a message that is not a dataset
+ * part) of dataset (stream, id). -ENOENT if it is not in the ring (never published, or
+ * overwritten), -ESTALE if it was overwritten while being copied, -EMSGSIZE if its data
+ * exceed cap (out then holds its data_len), -EINVAL on bad arguments. */
+int ahr_read_part(const struct ahr_ring *ring, uint32_t stream, uint64_t id,
+                  uint32_t substream, void *dst, uint64_t cap, struct ahr_msg *out);
+
 /* Copy a message's name + metadata bytes (name_len + meta_len) into dst. For claimed
  * messages this always succeeds; for latest reads -ESTALE tells of an overwrite. */
 int ahr_read_tail(const struct ahr_ring *ring, const struct ahr_msg *msg, void *dst,

@@ -115,6 +115,7 @@ int ahr_nack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t se
 int ahr_release(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq);
 int ahr_read_last(const struct ahr_ring *ring, void *dst, uint64_t cap, struct ahr_msg *out);
 int ahr_read_by_id(const struct ahr_ring *ring, uint32_t stream, uint64_t id, void *dst, uint64_t cap, struct ahr_msg *out);
+int ahr_read_part(const struct ahr_ring *ring, uint32_t stream, uint64_t id, uint32_t substream, void *dst, uint64_t cap, struct ahr_msg *out);
 int ahr_read_tail(const struct ahr_ring *ring, const struct ahr_msg *msg, void *dst, uint64_t cap);
 int ahr_group_stats(const struct ahr_ring *ring, uint32_t group, struct ahr_group_stats *out);
 int ahr_ring_stats(const struct ahr_ring *ring, struct ahr_ring_stats *out);
