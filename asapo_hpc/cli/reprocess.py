@@ -15,7 +15,14 @@ stream's size (from the catalog). The command fails when any instance fails; run
 with the same ``--group`` to do only what is not acknowledged yet.
 
 ``--slurm`` submits the same as a Slurm job array (``sbatch --array=0-(N-1)``, one instance
-per task, the same variables) and returns; follow the group with ``--progress``.
+per task, the same variables) and returns; follow the group with ``--progress``. The batch
+script exports the variables itself (values may hold any character); the tasks inherit the
+submitting environment as sbatch does by default (PATH, a virtual environment, ...) and run
+in the current directory; sbatch's own options come from its SBATCH_* variables
+(SBATCH_PARTITION, SBATCH_TIMELIMIT, SBATCH_ACCOUNT, SBATCH_OUTPUT: Slurm's default output is
+``slurm-<job>_<task>.out`` here). ``--slurm --wait`` waits for the array with the same
+progress line, then reports each task that failed (its Slurm state and exit code, from
+``scontrol``, else ``sacct``) as a local run reports its instances.
 
 With ``--pipeline FILE``, the pipeline's first stage reads the stored stream: a replay
 process reads it from disk and publishes it into that stage's input ring (see
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -55,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", default=None, help="run this pipeline file over the stream")
     p.add_argument("--slurm", action="store_true",
                    help="submit the instances as a Slurm job array instead of running them")
+    p.add_argument("--wait", action="store_true",
+                   help="with --slurm: wait for the job array, then report failed tasks")
     p.add_argument("--progress", action="store_true",
                    help="only show the group's progress (e.g. of a Slurm job) and exit")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -95,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             print(_progress_line(task))
             return 0
         if args.slurm:
-            return _submit_slurm(task, command)
+            return _submit_slurm(task, command, wait=args.wait, quiet=args.quiet)
         return _run_command(task, command, quiet=args.quiet)
     except AsapoError as exc:
         print(f"asapo-hpc reprocess: {exc}", file=sys.stderr)
@@ -109,6 +119,8 @@ def _check_choice(args: argparse.Namespace, command: list[str]) -> None:
         if args.group is None:
             raise AsapoWrongInputError("--progress needs the --group to show")
         return
+    if args.wait and not args.slurm:
+        raise AsapoWrongInputError("--wait goes with --slurm (a local run always waits)")
     if bool(args.pipeline) == bool(command):
         raise AsapoWrongInputError(
             "give either --pipeline FILE or -- COMMAND ARGS... (the program to run over the "
@@ -173,7 +185,9 @@ def _run_command(task: Task, command: list[str], *, quiet: bool) -> int:
         _wait(procs, task, quiet)
     finally:
         _stop(procs)
-    return _report(task, command, [p.returncode for p in procs])
+    failures = [f"instance {i} of {shlex.join(command)} failed with exit code {p.returncode}"
+                for i, p in enumerate(procs) if p.returncode != 0]
+    return _report(task, failures, len(procs))
 
 
 def _wait(procs: list[subprocess.Popen], task: Task, quiet: bool) -> None:
@@ -201,14 +215,12 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             proc.wait()
 
 
-def _report(task: Task, command: list[str], codes: list[int | None]) -> int:
+def _report(task: Task, failures: list[str], instances: int) -> int:
     done, total = _counts(task)
-    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
-    for i, code in failed:
-        print(f"asapo-hpc reprocess: instance {i} of {shlex.join(command)} failed with exit "
-              f"code {code}", file=sys.stderr)
-    if failed:
-        print(f"asapo-hpc reprocess: {len(failed)} of {len(codes)} instances failed; "
+    for failure in failures:
+        print(f"asapo-hpc reprocess: {failure}", file=sys.stderr)
+    if failures:
+        print(f"asapo-hpc reprocess: {len(failures)} of {instances} instances failed; "
               f"{done}/{total} messages acknowledged. Fix the cause and run again with "
               f"--group {task.group} to process only the {total - done} not acknowledged",
               file=sys.stderr)
@@ -224,30 +236,116 @@ def _report(task: Task, command: list[str], codes: list[int | None]) -> int:
 
 # -- Slurm --------------------------------------------------------------------------------
 
-def slurm_command(task: Task, command: list[str]) -> list[str]:
-    """The sbatch call: a job array of `instances` tasks, each one instance."""
-    exports = ",".join(["ALL", *(f"{k}={v}" for k, v in task.env(None).items())])
-    script = f"export {ENV_PREFIX}INSTANCE=$SLURM_ARRAY_TASK_ID; exec {shlex.join(command)}"
-    return ["sbatch", "--parsable", f"--array=0-{task.instances - 1}",
-            f"--job-name=asapo-reprocess-{task.stream}", f"--export={exports}",
-            "--wrap", script]
+def slurm_command(task: Task, command: list[str]) -> tuple[list[str], str]:
+    """The sbatch call (a job array of `instances` tasks, each one instance) and the batch
+    script it reads from stdin."""
+    lines = ["#!/bin/sh", f"# asapo-hpc reprocess: stream {task.stream!r} of "
+             f"{task.source!r}, group {task.group}; one instance per array task"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in task.env(None).items()]
+    lines += [f'export {ENV_PREFIX}INSTANCE="$SLURM_ARRAY_TASK_ID"', f"exec {shlex.join(command)}"]
+    call = ["sbatch", "--parsable", f"--array=0-{task.instances - 1}",
+            f"--job-name=asapo-reprocess-{task.stream}"]
+    return call, "\n".join(lines) + "\n"
 
 
-def _submit_slurm(task: Task, command: list[str]) -> int:
-    call = slurm_command(task, command)
+def _slurm(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+def _submit_slurm(task: Task, command: list[str], *, wait: bool, quiet: bool) -> int:
+    call, script = slurm_command(task, command)
     if shutil.which("sbatch") is None:
         raise AsapoWrongInputError("--slurm: sbatch is not on PATH (run on a Slurm login "
                                    "node, or leave out --slurm to run the instances here)")
-    done = subprocess.run(call, capture_output=True, text=True)
+    done = subprocess.run(call, input=script, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"asapo-hpc reprocess: sbatch failed ({done.returncode}): "
               f"{done.stderr.strip()}", file=sys.stderr)
         return 1
-    print(f"asapo-hpc reprocess: submitted Slurm job {done.stdout.strip()} "
-          f"({task.instances} tasks); follow it with: asapo-hpc reprocess --beamtime "
-          f"{task.beamtime} --source {task.source} --stream {task.stream} --data-root "
-          f"{task.data_root} --group {task.group} --progress")
-    return 0
+    job = done.stdout.strip().split(";")[0]  # "<id>[;<cluster>]"
+    follow = shlex.join(["asapo-hpc", "reprocess", "--beamtime", task.beamtime, "--source",
+                         task.source, "--stream", task.stream, "--data-root",
+                         str(task.data_root), "--group", task.group, "--progress"])
+    print(f"asapo-hpc reprocess: submitted Slurm job {job} ({task.instances} tasks); "
+          f"follow it with: {follow}", flush=True)
+    if not wait:
+        return 0
+    try:
+        _wait_slurm(task, job, quiet)
+    except KeyboardInterrupt:
+        print(f"\nasapo-hpc reprocess: Slurm job {job} keeps running (scancel {job} stops "
+              f"it); follow it with: {follow}", file=sys.stderr)
+        return 130
+    results = _slurm_results(job)
+    if results is None:  # purged from the controller, and no accounting
+        done, total = _counts(task)
+        failures = [] if done == total else [
+            f"neither scontrol nor sacct knows Slurm job {job} any more, and only "
+            f"{done}/{total} messages were acknowledged"]
+    else:
+        failures = [f"instance {i} of {shlex.join(command)} (Slurm job {job}_{i}) "
+                    f"{_describe(state, code, sig)}"
+                    for i, (state, code, sig) in sorted(results.items())
+                    if state != "COMPLETED" or code or sig]
+        failures += [f"instance {i} of {shlex.join(command)} (Slurm job {job}_{i}) has no "
+                     "record in Slurm" for i in range(task.instances) if i not in results]
+    return _report(task, failures, task.instances)
+
+
+def _queued(job: str) -> dict[str, int] | None:
+    """Tasks of the job array Slurm still queues or runs, by state (empty when done; None
+    when squeue could not tell, e.g. the controller did not answer in time)."""
+    done = _slurm("squeue", "-h", "-r", "-j", job, "-o", "%T")
+    if done.returncode != 0:
+        return {} if "Invalid job id" in done.stderr else None
+    counts: dict[str, int] = {}
+    for state in done.stdout.split():
+        counts[state.lower()] = counts.get(state.lower(), 0) + 1
+    return counts
+
+
+def _wait_slurm(task: Task, job: str, quiet: bool) -> None:
+    while (queued := _queued(job)) != {}:
+        if not quiet:
+            states = ", ".join(f"{n} {s}" for s, n in sorted((queued or {}).items()))
+            print(f"\r{_progress_line(task)}; Slurm job {job}: {states or 'squeue failed'}  ",
+                  end="", file=sys.stderr, flush=True)
+        time.sleep(_TICK_S)
+    if not quiet:
+        print(f"\r{_progress_line(task)}; Slurm job {job} ended", file=sys.stderr)
+
+
+def _slurm_results(job: str) -> dict[int, tuple[str, int, int]] | None:
+    """{array task: (state, exit code, signal)} of a finished array: from the controller
+    (it keeps ended jobs for MinJobAge, 300 s by default), else from accounting."""
+    results: dict[int, tuple[str, int, int]] = {}
+    shown = _slurm("scontrol", "show", "job", "-o", job)
+    if shown.returncode == 0:
+        for line in shown.stdout.splitlines():
+            task_id = re.search(r"\bArrayTaskId=(\d+)\b", line)
+            state = re.search(r"\bJobState=(\S+)", line)
+            code = re.search(r"\bExitCode=(\d+):(\d+)", line)
+            if task_id and state and code:
+                results[int(task_id[1])] = (state[1], int(code[1]), int(code[2]))
+        if results:
+            return results
+    acct = _slurm("sacct", "-n", "-P", "-X", "-j", job, "--format=JobID,State,ExitCode")
+    if acct.returncode == 0:
+        for line in acct.stdout.splitlines():
+            fields = line.split("|")
+            task_id = re.fullmatch(r"\d+_(\d+)", fields[0]) if len(fields) == 3 else None
+            code = re.fullmatch(r"(\d+):(\d+)", fields[2]) if task_id else None
+            if task_id and code and fields[1]:
+                results[int(task_id[1])] = (fields[1].split()[0], int(code[1]), int(code[2]))
+    return results or None
+
+
+def _describe(state: str, code: int, sig: int) -> str:
+    if sig:
+        return f"was killed by signal {sig} ({state})"
+    if code:
+        return f"failed with exit code {code} ({state})"
+    return f"ended {state}"
 
 
 # -- a pipeline ---------------------------------------------------------------------------

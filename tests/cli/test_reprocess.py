@@ -1,11 +1,14 @@
 """``asapo-hpc reprocess`` over a stream a real node service stored: N instances of a real
 Python consumer command share the stream exactly once, reading it from disk; a failing
 command fails the run with a clear message, and a run again with the same group does only
-what was not acknowledged; --slurm submits a job array (a stand-in sbatch records it)."""
+what was not acknowledged. --slurm submits a job array to a real single-node Slurm the tests
+start (tests/cli/conftest.py): its tasks share the stream the same way, and failed tasks are
+reported with their Slurm state and exit code."""
 
 from __future__ import annotations
 
-import os
+import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -26,13 +29,23 @@ SHAPE = (8, 8)
 
 # Each message's bytes go to <out>/<id> (O_EXCL: a second processing of an id fails the
 # instance); FAIL_AFTER=k: acknowledge k messages, take one more, exit 3 without acking it.
+# With a second argument, each instance writes where and as what it ran to
+# <reports>/<instance>.json (its Slurm variables, cwd, shm prefix) before it starts.
 CONSUMER = textwrap.dedent("""
-    import os, sys
+    import json, os, sys
     from asapo_hpc.client import Consumer
     from asapo_hpc.errors import AsapoStreamFinishedError
     env = os.environ
     out, fail_after = sys.argv[1], int(env.get("FAIL_AFTER", "-1"))
     group, stream = env["ASAPO_HPC_GROUP"], env["ASAPO_HPC_STREAM"]
+    if len(sys.argv) > 2:
+        keys = ("ASAPO_HPC_INSTANCE", "ASAPO_HPC_INSTANCES", "ASAPO_HPC_DATA_ROOT",
+                "ASAPO_HPC_SHM_PREFIX", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID",
+                "SLURM_JOB_ID", "SLURM_CLUSTER_NAME")
+        report = {k: env.get(k) for k in keys}
+        report["cwd"], report["python"] = os.getcwd(), sys.executable
+        with open(os.path.join(sys.argv[2], env["ASAPO_HPC_INSTANCE"] + ".json"), "x") as f:
+            json.dump(report, f)
     done = 0
     with Consumer(env["ASAPO_HPC_BEAMTIME"], env["ASAPO_HPC_SOURCE"],
                   data_root=env["ASAPO_HPC_DATA_ROOT"]) as consumer:
@@ -60,7 +73,7 @@ def stored(tmp_path, shm_prefix) -> Path:
     """Stream 'scan' of source 'det' (ids 1..N, finished), stored by a node service whose
     ring is then removed: only the disk has it. Returns the data root."""
     ring = RingConfig(slot_count=16, slot_size=1024, full_timeout_s=10.0, lease_s=30.0)
-    config = NodeConfig(data_root=tmp_path / "data", beamtime="bt",
+    config = NodeConfig(data_root=tmp_path / "stored data,1", beamtime="bt",
                         sources=(SourceConfig("det", frame_shape=SHAPE, dtype="uint16",
                                               ring=ring),),
                         sink=SinkSettings(frames_per_file=10, compression="none", threads=1),
@@ -85,9 +98,9 @@ def _wait(condition, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def reprocess(root: Path, *extra: str) -> int:
+def reprocess(root: Path, *extra: str, quiet: bool = True) -> int:
     return main(["reprocess", "--beamtime", "bt", "--source", "det", "--stream", "scan",
-                 "--data-root", str(root), "--quiet", *extra])
+                 "--data-root", str(root), *(["--quiet"] if quiet else []), *extra])
 
 
 def outputs(out: Path) -> dict[int, bytes]:
@@ -138,26 +151,93 @@ def test_bad_input_is_refused_with_what_to_do(stored, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert reprocess(tmp_path / "elsewhere", "--", "true") == 2
     assert "no catalog at" in capsys.readouterr().err
+    assert reprocess(stored, "--wait", "--", "true") == 2
+    assert "--wait goes with --slurm" in capsys.readouterr().err
 
 
-def test_slurm_submits_a_job_array(stored, tmp_path, capsys, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "sbatch.args"
-    fake = bin_dir / "sbatch"  # a stand-in for Slurm's sbatch: records its arguments
-    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {log}\necho 4242\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    code = reprocess(stored, "-n", "4", "--group", "slurmed", "--slurm", "--", "myprog", "x")
-    assert code == 0
-    assert "submitted Slurm job 4242 (4 tasks)" in capsys.readouterr().out
-    args = log.read_text().splitlines()
-    assert args[:3] == ["--parsable", "--array=0-3", "--job-name=asapo-reprocess-scan"]
-    assert "ASAPO_HPC_GROUP=slurmed" in args[3] and "ASAPO_HPC_STREAM=scan" in args[3]
-    assert args[4:] == ["--wrap", "export ASAPO_HPC_INSTANCE=$SLURM_ARRAY_TASK_ID; "
-                                  "exec myprog x"]
+def submitted_job(stdout: str) -> str:
+    found = re.search(r"submitted Slurm job (\d+) \(", stdout)
+    assert found, stdout
+    return found[1]
+
+
+@pytest.mark.slow
+def test_slurm_job_array_shares_the_stored_stream_exactly_once(stored, slurm, shm_prefix,
+                                                               tmp_path, capsys, monkeypatch):
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    out, reports, work = tmp_path / "out", tmp_path / "reports", tmp_path / "work"
+    for d in (out, reports, work):
+        d.mkdir()
+    monkeypatch.chdir(work)  # the tasks run here and write slurm-<job>_<task>.out here
+    code = reprocess(stored, "-n", "3", "--group", "slurmed", "--slurm", "--wait", "--",
+                     sys.executable, str(script), str(out), str(reports), quiet=False)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + slurm.logs()
+    job = submitted_job(captured.out)
+    assert f"{N}/{N} messages of stream 'scan' acknowledged; Slurm job {job} ended" \
+        in captured.err
+    assert outputs(out) == {i: frame(i).tobytes() for i in range(1, N + 1)}
+    assert f"{N}/{N} messages acknowledged by group slurmed" in captured.out
+    # every instance ran as a task of that array under this cluster, with what it needed
+    ran = {int(p.stem): json.loads(p.read_text()) for p in reports.iterdir()}
+    assert sorted(ran) == [0, 1, 2]
+    for instance, report in ran.items():
+        assert report["SLURM_ARRAY_TASK_ID"] == str(instance)
+        assert report["SLURM_ARRAY_JOB_ID"] == job
+        assert report["SLURM_CLUSTER_NAME"] == "asapotest"
+        assert report["ASAPO_HPC_INSTANCES"] == "3"
+        assert report["ASAPO_HPC_DATA_ROOT"] == str(stored.resolve())
+        assert report["ASAPO_HPC_SHM_PREFIX"] == shm_prefix
+        assert report["cwd"] == str(work) and report["python"] == sys.executable
+    assert len({r["SLURM_JOB_ID"] for r in ran.values()}) == 3
+    assert sorted(p.name for p in work.iterdir()) == [f"slurm-{job}_{i}.out" for i in range(3)]
+    states = slurm.run("scontrol", "show", "job", "-o", job).stdout
+    assert states.count("JobState=COMPLETED") == 3, states
+    with Catalog(stored / "catalog.sqlite") as catalog:
+        assert catalog.unacknowledged("slurmed", "det", "scan") == []
     assert reprocess(stored, "--group", "slurmed", "--progress") == 0
-    assert f"group slurmed: 0/{N} messages" in capsys.readouterr().out
+    assert f"group slurmed: {N}/{N} messages" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_slurm_failed_tasks_are_reported_and_a_rerun_does_the_rest(stored, slurm, shm_prefix,
+                                                                   tmp_path, capsys,
+                                                                   monkeypatch):
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAIL_AFTER", "5")  # the tasks inherit the submitting environment
+    code = reprocess(stored, "-n", "3", "--group", "retry", "--slurm", "--wait", "--",
+                     sys.executable, str(script), str(out))
+    captured = capsys.readouterr()
+    job = submitted_job(captured.out)
+    assert code == 1, captured.err
+    for i in range(3):
+        assert f"instance {i} of " in captured.err
+        assert f"(Slurm job {job}_{i}) failed with exit code 3 (FAILED)" in captured.err
+    assert f"3 of 3 instances failed; 15/{N} messages acknowledged" in captured.err
+    assert "--group retry" in captured.err
+    assert len(outputs(out)) == 15
+    monkeypatch.delenv("FAIL_AFTER")
+    code = reprocess(stored, "-n", "2", "--group", "retry", "--slurm", "--wait", "--",
+                     sys.executable, str(script), str(out))
+    assert code == 0, capsys.readouterr().err
+    assert outputs(out) == {i: frame(i).tobytes() for i in range(1, N + 1)}
+
+
+def test_slurm_without_wait_returns_after_submitting(stored, slurm, shm_prefix, tmp_path,
+                                                     capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = reprocess(stored, "-n", "2", "--group", "later", "--slurm", "--", "sleep", "30")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    job = submitted_job(captured.out)
+    assert "--group later --progress" in captured.out
+    assert job in slurm.jobs()  # still queued or running: the fixture cancels it
+    slurm.run("scancel", job)
 
 
 def test_pipeline_reads_its_first_stage_input_from_the_stored_stream(stored, tmp_path, capsys,
