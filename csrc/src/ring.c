@@ -1611,7 +1611,10 @@ int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_
     return -ENOENT;
 }
 
-int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint64_t delay_ns)
+/* Turn this member's TAKEN claim on seq into NACKED, due after delay_ns; count_attempt 0
+ * takes this delivery off the attempts (a claim given back unused). */
+static int give_back(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq,
+                     uint64_t delay_ns, int count_attempt)
 {
     uint32_t gi;
     int rc = resolve(r, group, m, &gi);
@@ -1621,40 +1624,31 @@ int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint6
     if (!tag)
         return -ESTALE;
     struct seg_claim *c = claim_at(r, gi, seq);
+    uint32_t attempts = tag_attempts(tag);
+    if (!count_attempt && attempts > 0)
+        attempts--;
     uint64_t due_ms = (mono_ns() + delay_ns) / 1000000ull;
     /* State first, deadline second. The other order let a scanner see a TAKEN claim whose
      * lease was already the (short) nack delay and take it from a live owner (test_threads:
      * a second delivery, then this nack failing). In this order a scanner that sees
      * NACKED before the new deadline lands still reads the claim's own lease: not due. */
-    uint64_t nacked = (tag & ~0xfull) | CLAIM_NACKED;
+    uint64_t nacked = make_tag(tag_lap(tag), tag_gen(tag), tag_member(tag), attempts,
+                               CLAIM_NACKED);
     if (!cas_acq_rel(&c->tag, &tag, nacked))
         return -ESTALE;
-    store_release(&c->lease, make_lease(tag_lap(tag), tag_attempts(tag), due_ms));
+    store_release(&c->lease, make_lease(tag_lap(tag), attempts, due_ms));
     atomic_fetch_add_explicit(&r->groups[gi].nacked, 1, memory_order_relaxed);
     return 0;
 }
 
-/* Give back an unused claim (a prefetched message never handed to user code): due at
- * once for any member, and this delivery does not count as an attempt. Same order as
- * ahr_nack: the NACKED tag (with attempts - 1) first, then a lease matching it. */
+int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint64_t delay_ns)
+{
+    return give_back(r, group, m, seq, delay_ns, 1);
+}
+
 int ahr_release(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 {
-    uint32_t gi;
-    int rc = resolve(r, group, m, &gi);
-    if (rc)
-        return rc;
-    uint64_t tag = own_claim(r, gi, m, seq, CLAIM_TAKEN);
-    if (!tag)
-        return -ESTALE;
-    struct seg_claim *c = claim_at(r, gi, seq);
-    uint32_t attempts = tag_attempts(tag) ? tag_attempts(tag) - 1 : 0;
-    uint64_t released = make_tag(tag_lap(tag), tag_gen(tag), tag_member(tag), attempts,
-                                 CLAIM_NACKED);
-    if (!cas_acq_rel(&c->tag, &tag, released))
-        return -ESTALE;
-    store_release(&c->lease, make_lease(tag_lap(tag), attempts, 0));
-    atomic_fetch_add_explicit(&r->groups[gi].nacked, 1, memory_order_relaxed);
-    return 0;
+    return give_back(r, group, m, seq, 0, 0);
 }
 
 /* ---------------------------------------------------------------- latest readers */
