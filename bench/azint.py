@@ -5,9 +5,15 @@ both sides may use every core. Median of several repeats after a warm-up; our si
 end to end (``integrate1d``: argument checks, cache look-ups, the per-frame kernel, the
 result arrays), after enough warm-up calls for its per-pass thread-count choice to settle,
 as in a stream of frames ("thr": the count it runs next). Also prints the per-frame kernel
-alone (same arrays) on 1 thread and on all, and the memory-bandwidth floor of the pass
-(bytes it must read / a streaming-read rate measured in the same run). Prints a table and
-writes bench/results/azint.json; never asserts.
+alone (same arrays) on 1 thread and on all, and the memory-bandwidth floor of the pass:
+the bytes it must read (frame + per-pixel tables: 2 B bin index for no-split; bin index,
+float32 weight and the short list of 3+-bin pixels for split modes) / the machine's
+streaming-read rate, measured in the same run, the higher of numpy's one-thread sum and a
+Numba sum on every thread. "% floor" is floor / end-to-end time, "kern %" floor / the
+faster kernel-alone time, "% 1t fl" "% floor" against numpy's one-thread read rate (the
+definition used before), "% CSR fl" the same as "% floor" with the bytes of the CSR
+matrix (reference only: that is more bytes than the pass needs). Prints a table and writes
+bench/results/azint.json; never asserts.
 
     python bench/azint.py [--repeats N] [--size N] [--warmup N]
 """
@@ -38,11 +44,24 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def stream_read_rate(nbytes: int = 512 << 20, repeats: int = 5) -> float:
-    """Bytes/s numpy reads a large array (np.sum over float64, one thread)."""
+@numba.njit(parallel=True, cache=True)
+def _parallel_sum(words):  # pragma: no cover - compiled
+    total = np.uint64(0)
+    for i in numba.prange(words.size):
+        total += words[i]
+    return total
+
+
+def stream_read_rates(nbytes: int = 512 << 20, repeats: int = 5) -> dict[str, float]:
+    """Bytes/s a large array is read at: numpy's float64 sum (one thread) and a Numba
+    parallel sum over a uint64 view on every thread (the passes run on every thread too)."""
     arr = np.ones(nbytes // 8)
-    t = median_time(lambda: arr.sum(), repeats)
-    return nbytes / t
+    words = arr.view(np.uint64)
+    return {
+        "numpy_sum_1t": nbytes / median_time(lambda: arr.sum(), repeats),
+        f"numba_sum_{numba.get_num_threads()}t": nbytes / median_time(
+            lambda: _parallel_sum(words), repeats, warmup=2),
+    }
 
 
 def main() -> None:
@@ -66,7 +85,8 @@ def main() -> None:
     theirs = PyFAIIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, detector=pdet,
                              wavelength=g.wavelength)
     frame = np.random.default_rng(0).poisson(100, (n, n)).astype(np.uint16)
-    rate = stream_read_rate()
+    rates = stream_read_rates()
+    rate = max(rates.values())  # the machine's read ceiling: the floor must not flatter us
     max_threads = numba.get_num_threads()
 
     def run_ours(method):
@@ -101,20 +121,29 @@ def main() -> None:
         numba.set_num_threads(max_threads)
         nbytes = sum(a.nbytes for a in arrays)
         floor = nbytes / rate
+        # split modes could read the CSR matrix instead (what pyFAI reads): that floor is
+        # higher, so a fraction of it would flatter us; shown for reference only
+        csr_bytes = raw.nbytes + sum(a.nbytes for a in corr.matrix) if method != "no" else nbytes
         rows.append(dict(method=method, ours_ms=t * 1e3, pyfai_ms=ref * 1e3,
                          speedup=ref / t, target_speedup=target,
                          kernel_ms={nt: v * 1e3 for nt, v in t_kernel.items()},
                          threads=nthreads, bytes_per_frame=nbytes, floor_ms=floor * 1e3,
-                         fraction_of_floor=floor / t, mpix_per_s=frame.size / t / 1e6))
+                         fraction_of_floor=floor / t, kernel_fraction_of_floor=floor / min(
+                             t_kernel.values()), csr_bytes_per_frame=csr_bytes,
+                         fraction_of_csr_floor=csr_bytes / rate / t,
+                         fraction_of_1t_read_floor=nbytes / rates["numpy_sum_1t"] / t,
+                         mpix_per_s=frame.size / t / 1e6))
 
     print(f"frame {n}x{n} uint16 ({frame.size / 1e6:.2f} Mpixel), {npt} bins, {unit}, "
           f"threads: numba {numba.get_num_threads()}, cpus {os.cpu_count()}")
-    print(f"numpy streaming read: {rate / 1e9:.2f} GB/s")
+    print("streaming read: " + ", ".join(f"{k} {v / 1e9:.2f} GB/s" for k, v in rates.items())
+          + f" -> floor at {rate / 1e9:.2f} GB/s")
     for m, t in t_pyfai.items():
         print(f"  pyFAI {'/'.join(m):<22} {t * 1e3:8.1f} ms")
     head = (f"{'method':<6} {'ours ms':>8} {'pyFAI ms':>9} {'speedup':>8} {'target':>7} "
             f"{'kern 1t':>8} {f'kern {max_threads}t':>8} {'thr':>3} {'MB/frame':>9} "
-            f"{'floor ms':>9} {'% floor':>8} {'Mpix/s':>8}")
+            f"{'floor ms':>9} {'% floor':>8} {'kern %':>7} {'% 1t fl':>8} {'% CSR fl':>8} "
+            f"{'Mpix/s':>8}")
     print(head)
     for r in rows:
         print(f"{r['method']:<6} {r['ours_ms']:8.2f} {r['pyfai_ms']:9.1f} {r['speedup']:7.1f}x "
@@ -122,13 +151,16 @@ def main() -> None:
               f"{r['kernel_ms'][max_threads]:8.2f} {r['threads']:3d} "
               f"{r['bytes_per_frame'] / 1e6:9.1f} "
               f"{r['floor_ms']:9.2f} {100 * r['fraction_of_floor']:7.0f}% "
-              f"{r['mpix_per_s']:8.0f}")
+              f"{100 * r['kernel_fraction_of_floor']:6.0f}% "
+              f"{100 * r['fraction_of_1t_read_floor']:7.0f}% "
+              f"{100 * r['fraction_of_csr_floor']:7.0f}% {r['mpix_per_s']:8.0f}")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     result = dict(
         frame_shape=[n, n], npt=npt, unit=unit, repeats=args.repeats,
         numba_threads=numba.get_num_threads(), cpus=os.cpu_count(),
         machine=platform.machine(), stream_read_GBps=rate / 1e9,
+        stream_read_rates_GBps={k: v / 1e9 for k, v in rates.items()},
         pyfai_ms={"/".join(m): t * 1e3 for m, t in t_pyfai.items()}, rows=rows,
     )
     (out / "azint.json").write_text(json.dumps(result, indent=2))

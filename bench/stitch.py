@@ -1,9 +1,19 @@
 """Stitching a full Lambda 9M frame vs memcpy of the same bytes, in one run.
 
-Every round times memcpy (``np.copyto`` of the frame's raw bytes, one thread) and each
-stitching case once, so slow phases of a shared machine hit all of them alike; the table
-shows medians and the ratio memcpy time / stitch time (1.0 = memcpy bandwidth for the same
-input bytes). Writes bench/results/stitch.json.
+Every round times the memcpy peers and each stitching case once, so slow phases of a shared
+machine hit all of them alike; the table shows medians. Peers: ``np.copyto`` of the frame's
+raw bytes (one thread) and a Numba parallel copy of the same bytes in one contiguous block
+per thread (as many threads as the stitch case). Columns:
+
+* ``vs memcpy`` = memcpy time / stitch time, memcpy on the same thread count as the stitch
+  case (1.0 = memcpy bandwidth for the same input bytes);
+* ``vs copyto`` = the same against single-threaded ``np.copyto`` (how this bench compared
+  before: flatters 2-thread stitching);
+* ``traffic`` = stitch bytes moved per second / memcpy bytes moved per second (same thread
+  count), bytes moved = input + output (+ flatfield) for stitching, 2 x input for memcpy:
+  float32 output and the gaps write more than memcpy does, a flatfield reads 4 B/pixel more.
+
+Writes bench/results/stitch.json.
 
     python bench/stitch.py [--rounds 30] [--threads 1,2]
 """
@@ -53,6 +63,18 @@ def with_flatfield_and_mask(layout: Lambda9MLayout) -> Lambda9MLayout:
     return layout.replace(modules=modules)
 
 
+@numba.njit(parallel=True, cache=True)
+def parallel_copy(src, dst, nthreads):  # pragma: no cover - compiled
+    """dst[:] = src[:], one contiguous block per thread (the 2-thread memcpy peer)."""
+    n = src.size
+    block = -(-n // nthreads)
+    for t in numba.prange(nthreads):
+        lo = np.uint64(min(n, t * block))
+        hi = np.uint64(min(n, (t + 1) * block))
+        for i in range(lo, hi):
+            dst[i] = src[i]
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -68,12 +90,20 @@ def run(rounds: int, threads: list[int]) -> dict:
     }
     copies = {dt: np.empty_like(f) for dt, f in frames.items()}
     work: dict[str, Callable[[], object]] = {}
-    sizes: dict[str, int] = {}
+    moved: dict[str, int] = {}  # bytes read + written
     for dt, frame in frames.items():
-        work[f"memcpy {dt}"] = lambda dt=dt, frame=frame: np.copyto(copies[dt], frame)
-        sizes[f"memcpy {dt}"] = frame.nbytes
+        work[f"memcpy {dt} [copyto]"] = lambda dt=dt, frame=frame: np.copyto(copies[dt], frame)
+        moved[f"memcpy {dt} [copyto]"] = 2 * frame.nbytes
+        for n in threads:
+            def copy(dt=dt, frame=frame, n=n):
+                numba.set_num_threads(n)
+                parallel_copy(frame.reshape(-1), copies[dt].reshape(-1), n)
+
+            work[f"memcpy {dt} [{n} thr]"] = copy
+            moved[f"memcpy {dt} [{n} thr]"] = 2 * frame.nbytes
     for name, (stitcher, dt) in cases(layout, with_flatfield_and_mask(layout)).items():
         out = np.empty(stitcher.shape, stitcher.output_dtype(np.dtype(dt)))
+        flat_bytes = 0 if stitcher.plan.flatfield is None else stitcher.plan.flatfield.nbytes
         for n in threads:
             key = f"{name} [{n} thr]"
 
@@ -82,7 +112,28 @@ def run(rounds: int, threads: list[int]) -> dict:
                 stitcher(frame, out)
 
             work[key] = call
-            sizes[key] = frames[dt].nbytes
+            moved[key] = frames[dt].nbytes + out.nbytes + flat_bytes
+    # a reused output whose gaps already hold the fill value: only module pixels written
+    same = Stitcher(layout, output="input")
+    kept = same(frames["uint16"])
+    for n in threads:
+        def reuse_call(n=n):
+            numba.set_num_threads(n)
+            same(frames["uint16"], kept, gaps_filled=True)
+
+        work[f"u16 -> u16 gaps kept [{n} thr]"] = reuse_call
+        moved[f"u16 -> u16 gaps kept [{n} thr]"] = 2 * frames["uint16"].nbytes
+    # what a caller pays for a fresh output every frame: first touch of its pages
+    fresh = Stitcher(layout, output="input")
+    for n in threads:
+        def fresh_call(n=n):
+            numba.set_num_threads(n)
+            fresh(frames["uint16"])
+
+        work[f"u16 -> u16 new output [{n} thr]"] = fresh_call
+        moved[f"u16 -> u16 new output [{n} thr]"] = (
+            frames["uint16"].nbytes + int(np.prod(fresh.shape)) * 2
+        )
     for fn in work.values():  # compile and touch every buffer once
         fn()
     times: dict[str, list[float]] = {k: [] for k in work}
@@ -90,26 +141,35 @@ def run(rounds: int, threads: list[int]) -> dict:
         for key, fn in work.items():
             times[key].append(timed(fn))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    return summarise(times, sizes, layout)
+    return summarise(times, moved, {dt: f.nbytes for dt, f in frames.items()}, layout)
 
 
-def summarise(times: dict[str, list[float]], sizes: dict[str, int], layout) -> dict:
+def summarise(
+    times: dict[str, list[float]], moved: dict[str, int], inputs: dict[str, int], layout
+) -> dict:
     medians = {k: float(np.median(v)) for k, v in times.items()}
     rows = []
     for key, median in medians.items():
         dtype = "uint32" if key.startswith(("u32", "memcpy uint32")) else "uint16"
-        memcpy = medians[f"memcpy {dtype}"]
+        thr = key[key.rindex("[") :]
+        peer = f"memcpy {dtype} {thr}"
+        memcpy = medians[peer]
+        copyto = medians[f"memcpy {dtype} [copyto]"]
         rows.append(
             {
                 "case": key,
                 "median_ms": median * 1e3,
-                "input_GB_per_s": sizes[key] / median / 1e9,
+                "input_GB_per_s": inputs[dtype] / median / 1e9,
                 "ratio_to_memcpy": memcpy / median,
+                "memcpy_peer": peer,
+                "ratio_to_copyto": copyto / median,
+                "moved_bytes": moved[key],
+                "traffic_ratio": (moved[key] / median) / (moved[peer] / memcpy),
                 "frames_per_s": 1.0 / median,
             }
         )
     return {
-        "what": "stitch 12x512x1536 module parts into the default layout vs np.copyto",
+        "what": "stitch 12x512x1536 module parts into the default layout vs memcpy peers",
         "stitched_shape": list(layout.stitched_shape()),
         "stitched_shape_large_pixels": list(layout.stitched_shape(True)),
         "rounds": len(next(iter(times.values()))),
@@ -120,11 +180,13 @@ def summarise(times: dict[str, list[float]], sizes: dict[str, int], layout) -> d
 
 
 def print_table(result: dict) -> None:
-    print(f"{'case':34s} {'median ms':>10s} {'GB/s in':>8s} {'vs memcpy':>10s} {'frames/s':>9s}")
+    print(f"{'case':38s} {'median ms':>9s} {'GB/s in':>8s} {'vs memcpy':>9s} "
+          f"{'vs copyto':>9s} {'traffic':>8s} {'frames/s':>8s}")
     for r in result["rows"]:
         print(
-            f"{r['case']:34s} {r['median_ms']:10.2f} {r['input_GB_per_s']:8.2f} "
-            f"{r['ratio_to_memcpy']:10.2f} {r['frames_per_s']:9.0f}"
+            f"{r['case']:38s} {r['median_ms']:9.2f} {r['input_GB_per_s']:8.2f} "
+            f"{r['ratio_to_memcpy']:9.2f} {r['ratio_to_copyto']:9.2f} "
+            f"{r['traffic_ratio']:8.2f} {r['frames_per_s']:8.0f}"
         )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from asapo_hpc.detectors.lambda9m import Lambda9MLayout, ModuleGeometry, Orientation
 from asapo_hpc.errors import AsapoWrongInputError
-from asapo_hpc.workers.stitch import Stitcher, stitch
+from asapo_hpc.workers.stitch import Stitcher, _covered, stitch
 from asapo_hpc.workers.stitch_reference import stitch_reference
 
 SMALL = dict(module_shape=(8, 24), chip_shape=(4, 8), large_pixel_factor=3)
@@ -198,6 +198,23 @@ def test_writes_into_a_given_output_buffer():
     parts = random_parts(layout, 1)
     assert stitcher(parts, out) is out
     np.testing.assert_array_equal(out, stitch(parts, layout, output="input"))
+
+
+def test_reused_output_with_gaps_already_filled():
+    layout = mixed_layout()
+    stitcher = Stitcher(layout, large_pixels=True, output="input", fill=5)
+    out = stitcher(random_parts(layout, 1))
+    for seed in (2, 3):  # the gaps keep their fill; every module pixel is rewritten
+        parts = random_parts(layout, seed)
+        stitcher(parts, out, gaps_filled=True)
+        expected = stitch_reference(parts, layout, large_pixels=True, output="input", fill=5)
+        np.testing.assert_array_equal(out, expected)
+    gaps = ~_covered(layout, True, stitcher.shape)
+    out[:] = 77  # gaps_filled=True leaves the gaps alone, so they keep what is there
+    stitcher(random_parts(layout, 4), out, gaps_filled=True)
+    assert (out[gaps] == 77).all()
+    fresh = stitcher(random_parts(layout, 4), None, gaps_filled=True)  # a new array: filled
+    assert (fresh[gaps] == 5).all()
 
 
 @pytest.mark.parametrize(
