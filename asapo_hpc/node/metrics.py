@@ -28,6 +28,15 @@ group@stream)
     asapo_group_nacked              negatively acknowledged, waiting for redelivery
     asapo_group_lag_messages        head - floor: published, not yet acknowledged
     asapo_group_undelivered_messages  head - next: published, not yet handed out
+the remote endpoint (``remote_port``; absent when it is off), from the counters the
+server keeps (``RemoteServer.counters``)
+    asapo_remote_requests_total {source, op}   requests of a known operation (refused ones
+        too); source "unknown" for names that are not this node's sources
+    asapo_remote_refused_total {reason}        requests refused: malformed, protocol_version,
+        unknown_op, token, beamtime, source, busy (too many sessions or waiting requests),
+        oversize (a send larger than the source's ring)
+    asapo_remote_sessions                      remote clients with a live session
+    asapo_remote_waiting_requests              requests parked until data or room arrives
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from asapo_hpc.node.config import NodeConfig
 from asapo_hpc.node.influx import InfluxPusher
 
 Counters = Callable[[], dict[str, Any]]
+RemoteFigures = Callable[[], dict[str, Any] | None]  # RemoteCounters.snapshot, None when off
 
 STREAM_COUNTERS = (
     ("asapo_messages_in", "messages_in", "Messages the node claimed from the ring."),
@@ -151,8 +161,10 @@ class NodeCollector(Collector):
     """Builds every metric family from the recorder counters and the rings at scrape time."""
 
     def __init__(self, counters: Counters | None, rings: RingStats | None,
-                 failed: Callable[[], list[str]] | None = None):
+                 failed: Callable[[], list[str]] | None = None,
+                 remote: RemoteFigures | None = None):
         self._counters, self._rings, self._failed = counters, rings, failed
+        self._remote = remote
 
     def collect(self) -> Iterator[Metric]:
         if self._counters is not None:
@@ -160,6 +172,9 @@ class NodeCollector(Collector):
                                          self._failed() if self._failed else [])
         if self._rings is not None:
             yield from ring_families(self._rings.read())
+        figures = self._remote() if self._remote is not None else None
+        if figures is not None:
+            yield from remote_families(figures)
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the live rings: nothing to register up front
@@ -247,6 +262,26 @@ def _group_gauges(rings: dict[str, RingSnapshot]) -> Iterator[Metric]:
     yield from (nacked, lag, undelivered)
 
 
+def remote_families(figures: dict[str, Any]) -> Iterator[Metric]:
+    """Families from ``RemoteCounters.snapshot()``."""
+    requests = CounterMetricFamily("asapo_remote_requests",
+                                   "Requests to the remote endpoint, by source and operation.",
+                                   labels=["source", "op"])
+    for (source, op), n in sorted(figures["requests"].items()):
+        requests.add_metric([source, op], n)
+    yield requests
+    refused = CounterMetricFamily("asapo_remote_refused",
+                                  "Remote requests refused, by reason.", labels=["reason"])
+    for reason, n in figures["refused"].items():
+        refused.add_metric([reason], n)
+    yield refused
+    yield GaugeMetricFamily("asapo_remote_sessions", "Remote clients with a live session.",
+                            value=figures["sessions"])
+    yield GaugeMetricFamily("asapo_remote_waiting_requests",
+                            "Remote requests parked until data or room arrives.",
+                            value=figures["waiting"])
+
+
 def _groups(rings: dict[str, RingSnapshot]) -> Iterator[tuple[str, str, dict[str, int]]]:
     for source, snap in rings.items():
         for group, stats in snap.groups.items():
@@ -277,9 +312,10 @@ class NodeMetrics:
     its config asks (``metrics_port``, ``influx_url``), over one NodeCollector."""
 
     def __init__(self, config: NodeConfig, counters: Counters,
-                 failed: Callable[[], list[str]] | None = None):
+                 failed: Callable[[], list[str]] | None = None,
+                 remote: RemoteFigures | None = None):
         self.rings = RingStats(config.beamtime, [s.name for s in config.sources])
-        self.collector = NodeCollector(counters, self.rings, failed)
+        self.collector = NodeCollector(counters, self.rings, failed, remote)
         self.server: MetricsServer | None = None
         self.pusher: InfluxPusher | None = None
         try:

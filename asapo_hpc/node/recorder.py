@@ -326,11 +326,11 @@ class Recorder:
         self._wait_inflight()
         self._harvest()
         self._catalog.finish_stream(self.name, stream, last_id, exc.next_stream or "")
+        with self._lock:  # before the acknowledgement, which is what observers wait for
+            self._counters.stream(stream).finished = True
         # the end is on record: now the marker (message last_id + 1) may leave the ring
         self._consumer.acknowledge(SINK_GROUP, last_id + 1, stream=stream)
         self._writers.close_stream(stream)
-        with self._lock:
-            self._counters.stream(stream).finished = True
         event(logging.INFO, "stream_finished", source=self.name, stream=stream,
               last_id=last_id, next_stream=exc.next_stream)
 

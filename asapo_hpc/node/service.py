@@ -56,7 +56,8 @@ class NodeService:
                 consumers.append(Consumer(self.config.beamtime, source.name,
                                           config=source.ring, create=True,
                                           batch_capacity=self.config.batch_size))
-            self._metrics = NodeMetrics(self.config, self.counters, lambda: self.failed_sources)
+            self._metrics = NodeMetrics(self.config, self.counters, lambda: self.failed_sources,
+                                        remote=self.remote_counters)
             if self.config.remote_port >= 0:  # binds now: a taken port fails start()
                 self._remote = RemoteServer(self.config, self._stop)
         except BaseException:
@@ -144,6 +145,12 @@ class NodeService:
         """Per source: ring fill, sink group progress, backlog, errors, and per stream:
         messages / bytes in and written (plain dicts, see ``asapo_hpc.node.counters``)."""
         return self._counters.snapshot()
+
+    def remote_counters(self) -> dict[str, Any] | None:
+        """The remote endpoint's requests, refusals and sessions (see
+        ``asapo_hpc.node.remote.RemoteCounters``); None when it is off."""
+        remote = self._remote
+        return remote.counters.snapshot() if remote is not None else None
 
     def __enter__(self) -> NodeService:
         return self.start()
