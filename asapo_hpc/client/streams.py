@@ -25,6 +25,12 @@ back after its delay; acknowledge with ``acknowledge_dataset``. Limitation: the 
 an incomplete dataset's parts only when its stream finishes, so a partial dataset handed out
 (min_size) on a running stream waits LOCATION_WAIT_S for them, then goes back to the group
 with AsapoDataNotInCacheError.
+
+Acknowledgements. The catalog keeps per-id acknowledgements of its groups (dataset groups,
+and groups reading a stream from disk: see ``asapo_hpc.client.disk_groups``), so ASAPO's
+``get_unacknowledged_messages`` and ``get_last_acknowledged_message`` answer for those; a
+ring group's progress is in the ring, and asking about one is an AsapoWrongInputError. The
+node's remote endpoint answers RemoteConsumer's calls with these same methods.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ META_MODES = ("insert", "replace", "update")
 DEFAULT_STREAM = "default"
 POLL_S = 0.05  # how often a waiting get_next_dataset asks the catalog again
 LOCATION_WAIT_S = 10.0  # at least this long for the sink to write a delivered dataset's parts
+MAX_ID_RANGE = 1_000_000  # ids per get_unacknowledged_messages answer
 _NOT_CLAIMED = 0xFFFFFFFF  # group handle of messages no ring group holds (as consumer.py)
 _FOREVER_NS = 10 * 365 * 24 * 3600 * 10**9  # consumer.py's "never resend"
 
@@ -77,6 +84,18 @@ def _check_stream(stream: str) -> str:
     if not isinstance(stream, str) or not stream:
         raise AsapoWrongInputError(f"bad stream name {stream!r}: a non-empty string")
     return stream
+
+
+def check_count(name: str, value: int) -> int:
+    """`value` as an integer >= 0 (min_size, ids where 0 means "first / last")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AsapoWrongInputError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def parts_stored(parts: list[MessageRecord]) -> bool:
+    """Whether the sink stored every part that has bytes (it then has a file)."""
+    return not any(p.size and p.file_path is None for p in parts)
 
 
 @dataclass
@@ -248,8 +267,7 @@ class ConsumerStreams(_CatalogClient):
         ``partial_data`` is the Dataset. Else the catalog's error (AsapoNoDataError while the
         next id is short of parts, AsapoEndOfStreamError / AsapoStreamFinishedError).
         """
-        if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
-            raise AsapoWrongInputError(f"min_size must be an integer >= 0, got {min_size!r}")
+        check_count("min_size", min_size)
         _check_stream(stream)
         timeout_s = self.timeout_ns / 1e9 if timeout_ms is None else timeout_ms / 1000
         deadline = time.monotonic() + timeout_s
@@ -309,6 +327,47 @@ class ConsumerStreams(_CatalogClient):
         self._catalog().neg_acknowledge(group_id, self.data_source, _check_stream(stream),
                                         data_id, delay_ms)
 
+    # -- acknowledgements the catalog keeps (ASAPO's queries) --------------------------------
+
+    def get_unacknowledged_messages(self, group_id: str, from_id: int = 0, to_id: int = 0,
+                                    stream: str = DEFAULT_STREAM) -> list[int]:
+        """ASAPO's call: ids in [from_id, to_id] (0: first / last) the group has not
+        acknowledged, among the stream's ids (to_id is clamped to the last one), at most
+        MAX_ID_RANGE at once. For groups the catalog keeps (dataset groups, groups reading
+        the stream from disk); a ring group raises AsapoWrongInputError. The node's remote
+        endpoint answers with this same call."""
+        catalog = self._acks_catalog(group_id, stream)
+        first, asked = max(check_count("from_id", from_id), 1), check_count("to_id", to_id)
+        if asked and asked < first:
+            raise AsapoWrongInputError(f"empty range: to_id {asked} is below from_id {first}")
+        last = catalog.get_stream_info(self.data_source, stream).last_id
+        last = min(asked or last, last)
+        if last < first:  # the range lies past the stream's last id
+            return []
+        if last - first >= MAX_ID_RANGE:
+            raise AsapoWrongInputError(
+                f"ids {first}..{last} are more than {MAX_ID_RANGE} at once: ask in ranges "
+                "(from_id, to_id)")
+        return catalog.unacknowledged(group_id, self.data_source, stream, first, last)
+
+    def get_last_acknowledged_message(self, group_id: str,
+                                      stream: str = DEFAULT_STREAM) -> int | None:
+        """ASAPO's call: the largest id the group acknowledged, None when none (catalog
+        groups only, as get_unacknowledged_messages)."""
+        catalog = self._acks_catalog(group_id, stream)
+        return catalog.last_acknowledged(group_id, self.data_source, stream) or None
+
+    def _acks_catalog(self, group_id: str, stream: str) -> Catalog:
+        """The catalog, if it keeps the acknowledgements of `group_id` on `stream`."""
+        catalog = self._catalog()
+        if not catalog.has_group(group_id, self.data_source, _check_stream(stream)):
+            raise AsapoWrongInputError(
+                f"group {group_id!r} keeps no acknowledgements of stream {stream!r} in the "
+                "catalog: only dataset groups (get_next_dataset) and groups reading the "
+                "stream from disk do; a ring group's progress is in the ring (see the "
+                "asapo_group_* metrics)")
+        return catalog
+
     def get_last_dataset(self, min_size: int = 0, stream: str = DEFAULT_STREAM) -> Dataset:
         """The complete dataset (with min_size: one with that many parts) with the largest
         id; partial ones raise AsapoPartialDataError carrying the Dataset."""
@@ -339,18 +398,22 @@ class ConsumerStreams(_CatalogClient):
                  ) -> list[MessageRecord]:
         """The dataset's parts once the sink stored each (re-read from the catalog)."""
         parts = record.parts
-        wanted = {p.dataset_substream for p in parts}
-        while any(p.size and p.file_path is None for p in parts):
+        while not parts_stored(parts):
             if time.monotonic() >= deadline:
                 raise AsapoDataNotInCacheError(
                     f"dataset {record.data_id} of stream {stream!r} is in the catalog but the "
                     "node's sink has not stored all its parts: is the node service running? "
                     "(see its sink_write_failed log lines)")
             time.sleep(POLL_S)
-            fresh = self._catalog().query_messages(self.data_source, stream,
-                                                   f"_id = {record.data_id}")
-            parts = [p for p in fresh if p.dataset_substream in wanted]
+            parts = self._fresh_parts(record, stream)
         return sorted(parts, key=lambda p: p.dataset_substream)
+
+    def _fresh_parts(self, record: DatasetRecord, stream: str) -> list[MessageRecord]:
+        """The record's parts as the catalog has them now (the sink adds their files)."""
+        wanted = {p.dataset_substream for p in record.parts}
+        fresh = self._catalog().query_messages(self.data_source, stream,
+                                               f"_id = {record.data_id}")
+        return [p for p in fresh if p.dataset_substream in wanted]
 
     def _part_message(self, rec: MessageRecord, stream: str) -> Message:
         data = self._read_frame(rec)

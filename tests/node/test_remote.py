@@ -781,7 +781,9 @@ def test_remote_requests_and_refusals_are_counted_in_metrics(remote_node, wait_f
     assert {r: value("asapo_remote_refused_total", reason=r) for r in REFUSALS} == {
         "malformed": 1, "protocol_version": 1, "unknown_op": 1, "token": 2, "beamtime": 1,
         "source": 1, "busy": 0, "oversize": 1}
-    assert value("asapo_remote_waiting_requests") == 0
+    # the parked get_next was answered; the gauge is refreshed every 0.1 s, so wait for it
+    wait_for(lambda: scrape(node.service.metrics_url)[("asapo_remote_waiting_requests", ())]
+             == 0, "the waiting-requests gauge to drop")
     wait_for(lambda: scrape(node.service.metrics_url)[("asapo_remote_sessions", ())] == 0,
              "the closed session to be gone from the gauge")
 
