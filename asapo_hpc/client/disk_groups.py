@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from asapo_hpc._core import ffi, lib
 from asapo_hpc.catalog import Catalog, MessageRecord, ResendPolicy
-from asapo_hpc.client.message import Message, OwnedMessage
+from asapo_hpc.client.message import Message, MessageList, OwnedMessage
 from asapo_hpc.errors import (
     AsapoDataNotInCacheError,
     AsapoEndOfStreamError,
@@ -105,21 +105,8 @@ class DiskMessage(OwnedMessage):
         return f"DiskMessage(id={self.id}, stream={self._stream!r}, size={self.size})"
 
 
-class DiskBatch(list):
-    """What ``get_next_batch`` returns for a disk-mode group: a list of DiskMessages with
-    MessageBatch's ``ids`` / ``arrays`` / ``buffers``; acknowledge it with
-    ``acknowledge_batch``."""
-
-    @property
-    def ids(self) -> list[int]:
-        return [m.id for m in self]
-
-    def buffers(self) -> list[memoryview]:
-        return [m.buffer for m in self]
-
-    def arrays(self, dtype: Any = np.uint8, shape: tuple[int, ...] | None = None
-               ) -> list[np.ndarray]:
-        return [m.array(dtype, shape) for m in self]
+class DiskBatch(MessageList):
+    """What ``get_next_batch`` returns for a disk-mode group: a list of DiskMessages."""
 
 
 class DiskGroups:

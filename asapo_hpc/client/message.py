@@ -187,6 +187,27 @@ class OwnedMessage(Message):
         return memoryview(self._data)
 
 
+class MessageList(list):
+    """Messages of one batch call held as Message objects (disk reads, remote reads), with
+    MessageBatch's helpers; acknowledge it whole with ``acknowledge_batch``."""
+
+    @property
+    def ids(self) -> list[int]:
+        return [m.id for m in self]
+
+    def buffers(self) -> list[memoryview]:
+        """Each message's bytes (the views each message gives, no copy)."""
+        return [m.buffer for m in self]
+
+    def arrays(self, dtype: Any = np.uint8, shape: tuple[int, ...] | None = None
+               ) -> list[np.ndarray]:
+        """Each message's data as a view of `dtype` (and `shape`), without a copy."""
+        return [m.array(dtype, shape) for m in self]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} messages, ids {self.ids[:3]}...)"
+
+
 class MessageBatch(Sequence):
     """Messages claimed in one call (``Consumer.get_next_batch``).
 

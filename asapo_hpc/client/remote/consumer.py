@@ -12,7 +12,7 @@ import numpy as np
 import zmq
 
 from asapo_hpc.client._common import DEFAULT_STREAM
-from asapo_hpc.client.message import Message, OwnedMessage
+from asapo_hpc.client.message import Message, MessageList, OwnedMessage
 from asapo_hpc.client.remote.connection import IO_TIMEOUT_MS, Connection, KeepAlive, delete_stream
 from asapo_hpc.client.streams import LOCATION_WAIT_S, Dataset, check_count
 from asapo_hpc.errors import AsapoError, AsapoPartialDataError, AsapoWrongInputError
@@ -23,26 +23,8 @@ _CLAIMED = 0
 _EMPTY = np.zeros(0, np.uint8)
 
 
-class RemoteBatch(list):
-    """The Messages of one ``get_next_batch``, with MessageBatch's helpers; acknowledge it
-    whole with ``acknowledge_batch``."""
-
-    @property
-    def ids(self) -> list[int]:
-        return [m.id for m in self]
-
-    def buffers(self) -> list[memoryview]:
-        """Each message's bytes (read-only views of the received frames, no copy)."""
-        return [m.buffer for m in self]
-
-    def arrays(self, dtype: Any = np.uint8, shape: tuple[int, ...] | None = None
-               ) -> list[np.ndarray]:
-        """Each message's data as a view of `dtype` (and `shape`), without a copy."""
-        return [m.array(dtype, shape) for m in self]
-
-    def __repr__(self) -> str:
-        return f"RemoteBatch({len(self)} messages, ids {self.ids[:3]}...)"
-
+class RemoteBatch(MessageList):
+    """The Messages of one remote ``get_next_batch`` (views of the received frames)."""
 
 
 class RemoteConsumer:
