@@ -27,6 +27,7 @@ import platform
 import statistics
 import time
 from functools import partial
+from importlib import import_module
 from pathlib import Path
 
 import numba
@@ -165,6 +166,8 @@ def main() -> None:
     )
     (out / "azint.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'azint.json'}")
+    # bench/plot.py: module "plot" when run as python bench/azint.py (bench/ is sys.path[0])
+    import_module(f"{__package__}.plot" if __package__ else "plot").draw("azint")
 
 
 if __name__ == "__main__":

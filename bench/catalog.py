@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from importlib import import_module
 from pathlib import Path
 
 from asapo_hpc.catalog import Catalog, MessageRecord
@@ -156,6 +157,8 @@ def main() -> None:
         "runs": runs,
     }, indent=2) + "\n")
     print(f"wrote {RESULTS}")
+    # bench/plot.py: module "plot" when run as python bench/catalog.py (bench/ is sys.path[0])
+    import_module(f"{__package__}.plot" if __package__ else "plot").draw("catalog")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import statistics
 import time
+from importlib import import_module
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -133,6 +134,8 @@ def main() -> None:
         print(f"  {name:<28} {med:>12,.0f} {med / ref:>13.2f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"count": args.count, "rates": rates}, indent=1))
+    # bench/plot.py: module "plot" when run as python bench/handoff.py (bench/ is sys.path[0])
+    import_module(f"{__package__}.plot" if __package__ else "plot").draw("handoff", args.json)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 import numba
@@ -201,6 +202,8 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"wrote {RESULTS}")
+    # bench/plot.py: module "plot" when run as python bench/stitch.py (bench/ is sys.path[0])
+    import_module(f"{__package__}.plot" if __package__ else "plot").draw("stitch")
 
 
 if __name__ == "__main__":

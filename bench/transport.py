@@ -373,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     add_ratios(rows, args.reference)
     print(format_table(rows, workloads, args.reference))
     write_json(args, rows, workloads, peers, notes, started)
+    # bench/plot.py, imported only now: spawned children re-import this module, not matplotlib
+    importlib.import_module("bench.plot").draw("transport", args.json)
     return 0
 
 
