@@ -23,7 +23,29 @@ recording is included in both. Both sides are warmed up (Numba compile / table b
 before the first frame; frames/s = frames / (first frame published -> last profile out).
 Both sides' profiles are compared (allclose) and the result reported.
 
-    python bench/pipeline.py [--frames 200] [--repeats 3]
+``--azint-from-modules``: a different chain, on both sides. The azint process integrates
+each raw frame's 12 modules itself (asapo: ``from_modules = true``, input "raw"; plain: the
+bincount over the bin index of asapo's module-stack engine) while the stitch process
+stitches the same raw frame beside it into a stitched slot nobody reads; a raw slot is
+free once both have it done. Same total work as each other (stitch + integrate), not the
+same profiles as the default chain (module pixels are binned at their own centres, wide
+ones whole, instead of the stitched image's split virtual pixels). It helps the plain side
+more: its bottleneck, the numpy integration, shrinks by a third (9.4 instead of 11.7
+Mpixel, no gap pixels) while asapo's pipeline, bound by the CPU of all its processes
+together on 2 cores, gains ~10%.
+
+``--azint-instances N``: N azint processes on both sides, frame ``id`` to instance
+``(id - 1) % N`` (the stages' split). The asapo side then fills the core the single azint
+process left idle while the stitch and the simulator waited for ring room (+10-15% here),
+but the plain side's bottleneck is split N ways, so the ratio falls.
+
+Per run it prints each process's CPU per frame (``breakdown``; asapo: also the time each
+stage spent working and waiting for input / for room downstream, and the node service's
+process as "node"). On 2 cores the asapo side is bound by the sum of its processes' CPU,
+the plain side by its slowest process.
+
+    python bench/pipeline.py [--frames 200] [--repeats 3] [--azint-from-modules]
+                             [--azint-instances 1]
 
 Writes bench/results/pipeline.json.
 """
@@ -38,6 +60,7 @@ import platform
 import statistics
 import tempfile
 import time
+from importlib import import_module
 from multiprocessing import shared_memory
 from pathlib import Path
 
@@ -52,7 +75,8 @@ RAW_SLOTS, STITCHED_SLOTS = 16, 8
 # ------------------------------------------------------------------------------ (a) asapo
 
 
-def run_asapo(frames: int, root: Path) -> dict:
+def run_asapo(frames: int, root: Path, from_modules: bool = False,
+              azint_instances: int = 1) -> dict:
     from asapo_hpc.cli.demo import demo_spec, trace_span
     from asapo_hpc.pipeline import PipelineSpec, run_pipeline
     from asapo_hpc.pipeline.results import read_profiles
@@ -62,6 +86,11 @@ def run_asapo(frames: int, root: Path) -> dict:
     values["compression"] = "none"
     for src in values["sources"]:
         src["record"] = src["name"] == "profiles"  # no raw recording (nor in (b))
+    azint = next(s for s in values["stages"] if s["name"] == "azint")
+    azint["instances"] = azint_instances
+    if from_modules:  # azint beside stitch on the raw ring; "stitched" has no reader
+        azint["input"] = "raw"
+        azint["options"]["from_modules"] = True
     spec = PipelineSpec.from_dict(values)
     t0 = time.monotonic()
     result = run_pipeline(spec)
@@ -71,7 +100,31 @@ def run_asapo(frames: int, root: Path) -> dict:
     order = np.argsort(prof.ids)
     return {"seconds": span, "wall": wall, "fps": frames / span,
             "intensity": prof.intensity[order], "sigma": prof.sigma[order],
-            "radial": prof.radial[order], "stage_frames": result.stage_frames}
+            "radial": prof.radial[order], "stage_frames": result.stage_frames,
+            "breakdown": breakdown(result)}
+
+
+def breakdown(result) -> dict[str, dict[str, float]]:
+    """Per process, ms per frame: CPU, work, waiting for input / for output room."""
+    out = {}
+    sim = result.simulation or {}
+    if sim.get("frames"):
+        n = sim["frames"]
+        out["simulate"] = {"cpu": sim["cpu"] / n * 1e3, "wall": sim["seconds"] / n * 1e3,
+                           "output_wait": sim["output_wait"] / n * 1e3}
+    for stage, instances in result.stage_times.items():
+        for i, t in enumerate(instances):
+            n = max(t["frames"], 1)
+            out[f"{stage}.{i}"] = {k: t[k] / n * 1e3 for k in
+                                   ("cpu", "wall", "work", "input_wait", "output_wait")}
+    if sim.get("frames"):
+        out["node"] = {"cpu": result.service_cpu / sim["frames"] * 1e3}
+    return out
+
+
+def format_breakdown(b: dict[str, dict[str, float]]) -> str:
+    return "; ".join(f"{name} " + " ".join(f"{k} {v:.1f}" for k, v in d.items())
+                     for name, d in b.items()) + " (ms/frame)"
 
 
 # ------------------------------------------------------------------------- (b) plain Python
@@ -122,15 +175,23 @@ class NumpyStitcher:
 
 
 class NumpyIntegrator:
-    """np.bincount over the bin index of asapo's no-split engine (same tables)."""
+    """np.bincount over the bin index of asapo's no-split engine (same tables): of the
+    stitched image, or of the 12 raw module images (``from_modules``)."""
 
-    def __init__(self, layout, geometry):
-        from asapo_hpc.workers.azint import AzimuthalIntegrator
+    def __init__(self, layout, geometry, from_modules: bool = False):
+        from asapo_hpc.pipeline.spec import SourceSpec
+        from asapo_hpc.pipeline.workers import AzintWorker
 
-        ai = AzimuthalIntegrator(geometry, layout.stitched_detector(True))
-        mask = layout.stitched_mask(True)
-        ai.integrate1d(np.zeros(layout.stitched_shape(True), np.uint16), NPT, unit=UNIT,
-                       mask=mask, correct_solid_angle=True)
+        if from_modules:
+            source = SourceSpec("raw", tuple(layout.module_shape), "uint16", layout.n_parts)
+            frame = np.zeros((layout.n_parts, *layout.module_shape), np.uint16)
+        else:
+            source = SourceSpec("stitched", tuple(layout.stitched_shape(True)), "uint16")
+            frame = np.zeros(layout.stitched_shape(True), np.uint16)
+        worker = AzintWorker({"npt": NPT, "unit": UNIT, "from_modules": from_modules},
+                             source, Path("."))
+        worker.integrate(list(frame) if from_modules else frame)
+        ai = worker.integrator
         engine = next(iter(ai._engines.values()))  # set-up only: the tables, not the work
         corr = next(iter(ai._corrections.values()))[1]
         self.bins = corr.bins.astype(np.intp)
@@ -139,7 +200,7 @@ class NumpyIntegrator:
         self.empty = np.bincount(self.bins, minlength=NPT + 1)[:NPT] == 0
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        raw = image.reshape(-1)
+        raw = image.reshape(-1)  # a stitched image, or the (12, 512, 1536) module stack
         sig = np.bincount(self.bins, weights=raw, minlength=NPT + 1)[:NPT]
         # Poisson variance Σmax(raw, 1) = Σraw + number of zero pixels (as asapo's kernel)
         var = sig + np.bincount(self.bins[raw == 0], minlength=NPT + 1)[:NPT]
@@ -149,25 +210,56 @@ class NumpyIntegrator:
         return np.stack([self.radial, intensity, sigma])
 
 
-def _sim_proc(frames, raw_name, free_q, out_q, ready_q, go):
+def _next_free(free_q, returned: list[int], ready: list[int], readers: int) -> int:
+    """A raw slot every reader gave back (each reader puts a slot it is done with)."""
+    while not ready:
+        slot = free_q.get()
+        returned[slot] += 1
+        if returned[slot] == readers:
+            returned[slot] = 0
+            ready.append(slot)
+    return ready.pop(0)
+
+
+def _report_cpu(cpu_q, name: str, cpu0: float | None, frames: int) -> None:
+    """This process's CPU from its first frame to now, per frame (ms)."""
+    if cpu0 is not None and frames:
+        cpu_q.put((name, (time.process_time() - cpu0) / frames * 1e3))
+
+
+def _share(queues: list, fid: int):
+    """The queue of the instance that takes frame ``fid`` (ids split as the stages do)."""
+    return queues[(fid - 1) % len(queues)]
+
+
+def _sim_proc(frames, raw_name, free_q, readers, ready_q, go, cpu_q):
+    """``readers``: per reader of the raw frames, the queues of its instances."""
     from asapo_hpc.detectors.frames import PowderFrames
 
     layout, geometry = _layout_geometry()
     pf = PowderFrames(layout, geometry, seed=0)
     shm = shared_memory.SharedMemory(raw_name)
     slots = np.ndarray((RAW_SLOTS, *pf.shape), pf.dtype, buffer=shm.buf)
+    returned, ready = [0] * RAW_SLOTS, list(range(RAW_SLOTS))
     ready_q.put("sim")
     go.wait()
+    cpu0 = time.process_time()
     for fid in range(1, frames + 1):
-        slot = free_q.get()
+        slot = _next_free(free_q, returned, ready, len(readers))
         pf.fill(slots[slot], fid - 1)
-        out_q.put((fid, slot, time.time_ns()))
-    out_q.put(None)
+        for queues in readers:  # every reader of the raw frames
+            _share(queues, fid).put((fid, slot, time.time_ns()))
+    for q in (q for queues in readers for q in queues):
+        q.put(None)
+    _report_cpu(cpu_q, "simulate", cpu0, frames)
     del slots
     shm.close()
 
 
-def _stitch_proc(raw_name, st_name, raw_free, raw_q, st_free, st_q, ready_q):
+def _stitch_proc(raw_name, st_name, raw_free, raw_q, st_free, st_qs, ready_q, cpu_q):
+    """Stitch each raw frame into a stitched slot for the azint instance taking it
+    (``st_qs``); with no reader of the stitched frames (``st_qs`` None: azint reads the
+    modules) the slots are reused in turn."""
     layout, _ = _layout_geometry()
     stitcher = NumpyStitcher(layout)
     shm_in = shared_memory.SharedMemory(raw_name)
@@ -177,37 +269,50 @@ def _stitch_proc(raw_name, st_name, raw_free, raw_q, st_free, st_q, ready_q):
     images = np.ndarray((STITCHED_SLOTS, *stitcher.shape), layout.dtype, buffer=shm_out.buf)
     stitcher(parts[0], images[0])  # warm-up
     ready_q.put("stitch")
+    n, cpu0 = 0, None
     while (item := raw_q.get()) is not None:
         fid, slot, t0 = item
-        out = st_free.get()
+        cpu0 = time.process_time() if cpu0 is None else cpu0
+        out = st_free.get() if st_qs is not None else n % STITCHED_SLOTS
         stitcher(parts[slot], images[out])
         raw_free.put(slot)
-        st_q.put((fid, out, t0))
-    st_q.put(None)
+        if st_qs is not None:
+            _share(st_qs, fid).put((fid, out, t0))
+        n += 1
+    for q in st_qs or ():
+        q.put(None)
+    _report_cpu(cpu_q, "stitch", cpu0, n)
     del parts, images
     shm_in.close()
     shm_out.close()
 
 
-def _azint_proc(st_name, st_free, st_q, prof_q, ready_q):
+def _azint_proc(in_name, in_free, in_q, prof_q, ready_q, from_modules, cpu_q, name):
+    """Integrate each stitched frame (or, ``from_modules``, each raw frame's modules)."""
     layout, geometry = _layout_geometry()
-    integrate = NumpyIntegrator(layout, geometry)
-    shm = shared_memory.SharedMemory(st_name)
-    images = np.ndarray((STITCHED_SLOTS, *layout.stitched_shape(True)), layout.dtype,
-                        buffer=shm.buf)
-    integrate(images[0])  # warm-up
+    integrate = NumpyIntegrator(layout, geometry, from_modules)
+    shm = shared_memory.SharedMemory(in_name)
+    shape = ((RAW_SLOTS, layout.n_parts, *layout.module_shape) if from_modules
+             else (STITCHED_SLOTS, *layout.stitched_shape(True)))
+    frames = np.ndarray(shape, layout.dtype, buffer=shm.buf)
+    integrate(frames[0])  # warm-up
     ready_q.put("azint")
-    while (item := st_q.get()) is not None:
+    n, cpu0 = 0, None
+    while (item := in_q.get()) is not None:
         fid, slot, t0 = item
-        profile = integrate(images[slot])
-        st_free.put(slot)
+        cpu0 = time.process_time() if cpu0 is None else cpu0
+        profile = integrate(frames[slot])
+        in_free.put(slot)
         prof_q.put((fid, t0, profile))
+        n += 1
+    _report_cpu(cpu_q, name, cpu0, n)
     prof_q.put(None)
-    del images
+    del frames
     shm.close()
 
 
-def run_plain(frames: int, root: Path) -> dict:
+def run_plain(frames: int, root: Path, from_modules: bool = False,
+              azint_instances: int = 1) -> dict:
     import h5py
 
     layout, _ = _layout_geometry()
@@ -216,18 +321,25 @@ def run_plain(frames: int, root: Path) -> dict:
     st_bytes = STITCHED_SLOTS * int(np.prod(layout.stitched_shape(True))) * 2
     shm_raw = shared_memory.SharedMemory(create=True, size=raw_bytes)
     shm_st = shared_memory.SharedMemory(create=True, size=st_bytes)
-    raw_free, raw_q, st_free, st_q, prof_q, ready_q = (ctx.Queue() for _ in range(6))
-    for i in range(RAW_SLOTS):
-        raw_free.put(i)
+    raw_free, raw_q, st_free, prof_q, ready_q, cpu_q = (ctx.Queue() for _ in range(6))
+    az_qs = [ctx.Queue() for _ in range(azint_instances)]
     for i in range(STITCHED_SLOTS):
         st_free.put(i)
     go = ctx.Event()
-    procs = [ctx.Process(target=_sim_proc, args=(frames, shm_raw.name, raw_free, raw_q,
-                                                 ready_q, go)),
+    if from_modules:  # stitch and azint both read the raw slots, side by side
+        readers, stitch_out = [[raw_q], az_qs], (None, None)
+        az_in = (shm_raw.name, raw_free)
+    else:  # in series: stitch -> stitched slots -> azint
+        readers, stitch_out = [[raw_q]], (st_free, az_qs)
+        az_in = (shm_st.name, st_free)
+    names = [f"azint.{i}" for i in range(azint_instances)]
+    procs = [ctx.Process(target=_sim_proc, args=(frames, shm_raw.name, raw_free, readers,
+                                                 ready_q, go, cpu_q)),
              ctx.Process(target=_stitch_proc, args=(shm_raw.name, shm_st.name, raw_free,
-                                                    raw_q, st_free, st_q, ready_q)),
-             ctx.Process(target=_azint_proc, args=(shm_st.name, st_free, st_q, prof_q,
-                                                   ready_q))]
+                                                    raw_q, *stitch_out, ready_q, cpu_q))]
+    procs += [ctx.Process(target=_azint_proc, args=(*az_in, q, prof_q, ready_q, from_modules,
+                                                    cpu_q, name))
+              for q, name in zip(az_qs, names, strict=True)]
     t_wall = time.monotonic()
     try:
         for p in procs:
@@ -237,16 +349,24 @@ def run_plain(frames: int, root: Path) -> dict:
         go.set()
         out = np.zeros((frames, 3, NPT))
         first_in, last_out = None, 0
+        cpu_main0 = time.process_time()
         with h5py.File(root / "plain_profiles.h5", "w") as f:
             dset = f.create_dataset("profiles", (frames, 3, NPT), np.float64)
-            while (item := prof_q.get(timeout=300)) is not None:
+            ended = 0
+            while ended < azint_instances:
+                item = prof_q.get(timeout=300)
+                if item is None:  # one azint instance is done
+                    ended += 1
+                    continue
                 fid, t0, profile = item
                 dset[fid - 1] = profile
                 out[fid - 1] = profile
                 first_in = t0 if first_in is None else min(first_in, t0)
                 last_out = time.time_ns()
+        cpu_main = (time.process_time() - cpu_main0) / frames * 1e3
         for p in procs:
             p.join(30)
+        cpu = dict(cpu_q.get(timeout=30) for _ in procs)
     finally:
         for p in procs:
             if p.is_alive():
@@ -256,8 +376,11 @@ def run_plain(frames: int, root: Path) -> dict:
         shm_st.close()
         shm_st.unlink()
     span = (last_out - first_in) / 1e9
+    breakdown = {name: {"cpu": cpu[name]} for name in ("simulate", "stitch", *names)}
+    breakdown["main"] = {"cpu": cpu_main}  # collecting and writing the profiles
     return {"seconds": span, "wall": time.monotonic() - t_wall, "fps": frames / span,
-            "radial": out[:, 0], "intensity": out[:, 1], "sigma": out[:, 2]}
+            "radial": out[:, 0], "intensity": out[:, 1], "sigma": out[:, 2],
+            "breakdown": breakdown}
 
 
 # ------------------------------------------------------------------------------------ main
@@ -279,7 +402,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--azint-from-modules", action="store_true",
+                    help="both sides integrate the raw modules beside the stitch (see above)")
+    ap.add_argument("--azint-instances", type=int, default=1,
+                    help="azint processes on both sides (frames split by id)")
     args = ap.parse_args()
+    load_before = os.getloadavg()
     stitch_equal = check_stitch()
     runs: dict[str, list[dict]] = {"asapo": [], "plain": []}
     same = True
@@ -287,11 +415,15 @@ def main() -> None:
     for r in range(args.repeats):
         for name, fn in (("asapo", run_asapo), ("plain", run_plain)):
             with tempfile.TemporaryDirectory(prefix="benchpipe") as tmp:
-                runs[name].append(fn(args.frames, Path(tmp)))
+                runs[name].append(fn(args.frames, Path(tmp), args.azint_from_modules,
+                                     args.azint_instances))
             print(f"repeat {r + 1} {name:>5}: {runs[name][-1]['fps']:7.1f} frames/s "
                   f"({runs[name][-1]['seconds']:.2f} s streaming, "
                   f"{runs[name][-1]['wall']:.1f} s wall)", flush=True)
+            if "breakdown" in runs[name][-1]:
+                print("    " + format_breakdown(runs[name][-1]["breakdown"]), flush=True)
         a, b = runs["asapo"][-1], runs["plain"][-1]
+        print(f"repeat {r + 1} ratio: {a['fps'] / b['fps']:.2f}x", flush=True)
         for key in ("radial", "intensity", "sigma"):
             same &= bool(np.allclose(a[key], b[key], rtol=1e-9, atol=1e-12))
             scale = np.maximum(np.abs(b[key]), 1e-300)
@@ -307,15 +439,24 @@ def main() -> None:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "command": f"python bench/pipeline.py --frames {args.frames} "
-                   f"--repeats {args.repeats}",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                   f"--repeats {args.repeats}"
+                   + (" --azint-from-modules" if args.azint_from_modules else "")
+                   + (f" --azint-instances {args.azint_instances}"
+                      if args.azint_instances != 1 else ""),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "frames": args.frames, "repeats": args.repeats,
+        "azint_from_modules": args.azint_from_modules,
+        "azint_instances": args.azint_instances,
         "raw_recording": "excluded in both; profiles recorded to HDF5 in both",
         "fps": fps, "ratio": ratio, "target_ratio": 10.0,
-        "runs": {k: [{"fps": x["fps"], "streaming_s": x["seconds"], "wall_s": x["wall"]}
+        "runs": {k: [{"fps": x["fps"], "streaming_s": x["seconds"], "wall_s": x["wall"],
+                      "cpu_ms_per_frame": {p: d["cpu"] for p, d in x["breakdown"].items()}}
                      for x in v] for k, v in runs.items()},
         "profiles_allclose": same, "max_rel_diff": max_rel, "stitch_equal": stitch_equal,
     }, indent=2) + "\n")
+    # bench/plot.py: module "plot" when run as python bench/pipeline.py (bench/ is sys.path[0])
+    import_module(f"{__package__}.plot" if __package__ else "plot").draw("pipeline")
 
 
 if __name__ == "__main__":

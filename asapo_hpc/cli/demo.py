@@ -95,10 +95,34 @@ def summary_lines(result: Any, latencies: dict[str, np.ndarray], frames: int,
         sim = result.simulation
         lines.append(f"simulator: {sim['frames'] / max(sim['seconds'], 1e-9):.1f} frames/s "
                      "held (0 = as fast as the ring takes them)")
+    lines += stage_time_lines(result)
     for stage, values in latencies.items():
         p = percentiles(values)
         lines.append(f"latency {stage:>7}: p50 {p['p50'] * 1e3:8.1f} ms  "
                      f"p90 {p['p90'] * 1e3:8.1f} ms  p99 {p['p99'] * 1e3:8.1f} ms")
+    return lines
+
+
+def stage_time_lines(result: Any) -> list[str]:
+    """Per process, per frame: CPU, and the share of its time spent waiting for input / for
+    room downstream. The stage that never waits for input is the bottleneck."""
+    lines = []
+    sim = result.simulation or {}
+    if sim.get("frames") and sim.get("seconds"):
+        n, wall = sim["frames"], sim["seconds"]
+        lines.append(f"cpu  simulate: {sim['cpu'] / n * 1e3:6.2f} ms/frame, waiting for ring "
+                     f"room {sim['output_wait'] / wall:4.0%}")
+    for stage, instances in result.stage_times.items():
+        for i, t in enumerate(instances):
+            if not t["frames"] or t["wall"] <= 0:
+                continue
+            name = stage if len(instances) == 1 else f"{stage}.{i}"
+            lines.append(f"cpu {name:>9}: {t['cpu'] / t['frames'] * 1e3:6.2f} ms/frame, "
+                         f"waiting for input {t['input_wait'] / t['wall']:4.0%}, "
+                         f"for output room {t['output_wait'] / t['wall']:4.0%}")
+    if sim.get("frames") and result.service_cpu > 0:
+        lines.append(f"cpu     node: {result.service_cpu / sim['frames'] * 1e3:6.2f} ms/frame "
+                     "(recording: HDF5 writer, compression, catalog; the runner)")
     return lines
 
 

@@ -76,6 +76,8 @@ class SimulationReport:
     seconds: float
     rate_asked: float
     bytes: int
+    output_wait: float = 0.0  # seconds waiting for room in the ring (consumers too slow)
+    cpu: float = 0.0  # process CPU (user + system) over ``seconds``
 
     @property
     def rate_held(self) -> float:
@@ -101,6 +103,7 @@ class LambdaSimulator:
         self.geometry = geometry or default_geometry(self.layout)
         self.frames = PowderFrames(self.layout, self.geometry, seed=seed)
         self._names = [m.name for m in self.layout.active_modules]
+        self.output_wait = 0.0  # seconds spent in reserve (a full ring: consumers behind)
 
     def publish(self, frame_id: int, stream: str = "default") -> int:
         """Publish frame ``frame_id`` (its noise is frame_id - 1's, reproducible); bytes sent."""
@@ -108,7 +111,9 @@ class LambdaSimulator:
         nbytes = module_nbytes(layout)
         choice = self.frames.block_choice(frame_id - 1)
         for part in range(n):
+            t0 = time.perf_counter()
             with self.producer.reserve(nbytes, meta_capacity=PART_META_CAPACITY) as res:
+                self.output_wait += time.perf_counter() - t0
                 fill_part(self.frames, res.array(layout.dtype, layout.module_shape), part,
                           choice)
                 res.commit(frame_id, {"frame": frame_id, "module": self._names[part]},
@@ -123,7 +128,7 @@ class LambdaSimulator:
         if frames < 0 or rate < 0:
             raise AsapoWrongInputError("frames and rate must not be negative")
         sent = 0
-        start = time.perf_counter()
+        start, cpu0, wait0 = time.perf_counter(), time.process_time(), self.output_wait
         for i in range(frames):
             if rate > 0:
                 delay = start + i / rate - time.perf_counter()
@@ -135,8 +140,9 @@ class LambdaSimulator:
         if rate > 0:  # the last frame's period too: n frames held at rate take n / rate
             time.sleep(max(0.0, start + frames / rate - time.perf_counter()))
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
         self.producer.send_stream_finished_flag(stream, first_id + frames - 1, next_stream)
-        return SimulationReport(frames, seconds, rate, sent)
+        return SimulationReport(frames, seconds, rate, sent, self.output_wait - wait0, cpu)
 
 
 def open_producer(beamtime: str, source: str, config: RingConfig) -> Producer:

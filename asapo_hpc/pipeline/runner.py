@@ -83,6 +83,11 @@ class PipelineResult:
     streams: dict[str, dict[str, int]]  # source -> stream -> last id
     simulation: dict[str, Any] | None
     node: dict[str, Any]
+    stage_times: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    """Per stage, each instance's ``stage.StageTimes`` (CPU, work, waits) as a dict."""
+    service_cpu: float = 0.0
+    """CPU seconds of the runner's process (node service: recording, catalog; the runner)
+    from the simulator's go to the end of recording."""
 
     def files(self, source: str) -> list[Path]:
         """HDF5 files the node service wrote for ``source`` (master files first)."""
@@ -119,7 +124,7 @@ def _simulate_process(spec_values: dict[str, Any], reports: Any, go: Any = None,
                           seed=sim.seed,
                           before_run=None if go is None else lambda: _wait_go(go, stop))
         reports.put(("simulated", report.frames, report.seconds, report.rate_asked,
-                     report.bytes))
+                     report.bytes, report.output_wait, report.cpu))
     except _Stopped:
         return
     except BaseException as exc:
@@ -140,6 +145,7 @@ class PipelineRunner:
         self._reports = self._ctx.Queue()
         self._stop = self._ctx.Event()
         self._go = self._ctx.Event()  # set when every stage instance is ready
+        self._cpu_at_go: float | None = None
         self._ready: set[tuple[str, int]] = set()
         self._procs: dict[tuple[str, int], Any] = {}
         self._producers: dict[str, Producer] = {}
@@ -147,6 +153,7 @@ class PipelineRunner:
         self._finished: dict[tuple[str, str], set[int]] = {}  # (stage, stream) -> instances
         self._streams: dict[str, dict[str, int]] = {}
         self._frames: dict[tuple[str, int], int] = {}
+        self._times: dict[tuple[str, int], dict[str, float]] = {}  # StageTimes of each
         self._simulation: dict[str, Any] | None = None
         self._failures: list[str] = []
         self._exited: set[tuple[str, int]] = set()
@@ -163,11 +170,13 @@ class PipelineRunner:
             self._start_processes()
             self._watch(start)
             self._wait_recorded(start)
+            cpu = 0.0 if self._cpu_at_go is None else time.process_time() - self._cpu_at_go
             node = self._service.counters() if self._service else {}
         finally:
             self._shutdown()
         return PipelineResult(self.spec, time.monotonic() - start, self._stage_frames(),
-                              self._streams, self._simulation, node)
+                              self._streams, self._simulation, node, self._stage_times(),
+                              cpu)
 
     # ------------------------------------------------------------------ setup
 
@@ -201,6 +210,7 @@ class PipelineRunner:
                 proc.start()
                 self._procs[(stage.name, i)] = proc
         if not self.spec.stages:
+            self._cpu_at_go = time.process_time()
             self._go.set()
         if self.spec.replay is not None:  # a stored stream feeds the first stage
             proc = self._ctx.Process(target=replay_process, name="asapo-replay",
@@ -249,16 +259,18 @@ class PipelineRunner:
         if kind == "ready":
             self._ready.add((stage, index))
             if len(self._ready) == sum(s.instances for s in self.spec.stages):
+                self._cpu_at_go = time.process_time()
                 self._go.set()
         elif kind == "progress":
             self._frames[(stage, index)] = report[3]
         elif kind == "done":
             self._frames[(stage, index)] = report[3]
+            self._times[(stage, index)] = report[4]
         elif kind == "finished":
             self._on_finished(stage, index, *report[3:])
         elif kind == "simulated":
-            self._simulation = dict(zip(("frames", "seconds", "rate_asked", "bytes"),
-                                        report[1:], strict=True))
+            self._simulation = dict(zip(("frames", "seconds", "rate_asked", "bytes",
+                                         "output_wait", "cpu"), report[1:], strict=True))
         elif kind == "failed":
             self._failed.add((stage, index))
             what = "simulator" if stage == "simulate" else f"stage {stage!r} instance {index}"
@@ -306,6 +318,12 @@ class PipelineRunner:
         counters = node.get(src.name, {})
         received = sum(s["messages_in"] for s in counters.get("streams", {}).values())
         return received // max(src.parts, 1)
+
+    def _stage_times(self) -> dict[str, list[dict[str, float]]]:
+        """StageTimes of every instance that finished, per stage (file order), in instance
+        order."""
+        return {s.name: [self._times[(s.name, i)] for i in range(s.instances)
+                         if (s.name, i) in self._times] for s in self.spec.stages}
 
     def _stage_frames(self) -> dict[str, int]:
         out = {s.name: 0 for s in self.spec.stages}

@@ -23,7 +23,9 @@ runner lets the simulator start, not while frames queue up.
 
 The instance talks to the runner over a queue: ``ready``, ``progress``, ``finished`` (a
 stream ended: the runner finishes the output stream once every instance passed the marker),
-``failed`` (the exception and traceback; the process then exits with code 1) and ``done``.
+``failed`` (the exception and traceback; the process then exits with code 1) and ``done``
+(with its ``StageTimes``: where its time went while frames flowed, which names a pipeline's
+bottleneck: the stage that never waits for input).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,52 @@ OUTPUT_META_CAPACITY = 4096
 PRODUCER_TIMEOUT_MS = 300_000  # a stalled downstream (first Numba compile) is waited for
 _POLL_MS = 200
 _PROGRESS_EVERY_S = 0.25
+
+
+@dataclass
+class StageTimes:
+    """Where one instance's time went from its first input to its last output (seconds).
+
+    ``input_wait``: waiting for input after the first message came; ``output_wait``: waiting
+    for room in the output ring (a slow stage downstream); ``work``: the worker; ``cpu``: the
+    process's CPU (user + system, every thread) over the same ``wall`` span. The time before
+    the first message (other stages warming up, the simulator not yet started) is left out.
+    """
+
+    frames: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+    input_wait: float = 0.0
+    work: float = 0.0
+    output_wait: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class _Clock:
+    """Accumulates StageTimes; perf_counter / process_time cost ~0.1 µs a call."""
+
+    def __init__(self) -> None:
+        self.times = StageTimes()
+        self._start: tuple[float, float] | None = None
+        self._waited = 0.0  # input waits so far; the span's share is taken at each frame
+
+    def polled(self, waited: float, got: bool) -> None:
+        """A poll for input took ``waited`` s (``got``: it brought messages); the first
+        message starts the span."""
+        if self._start is not None:
+            self._waited += waited
+        elif got:
+            self._start = (time.perf_counter(), time.process_time())
+
+    def frame_done(self) -> None:
+        if self._start is not None:
+            t = self.times
+            t.frames += 1
+            t.wall = time.perf_counter() - self._start[0]
+            t.cpu = time.process_time() - self._start[1]
+            t.input_wait = self._waited
 
 
 class StageInstance:
@@ -64,6 +113,7 @@ class StageInstance:
                                  timeout_ms=PRODUCER_TIMEOUT_MS)
         self._pending: dict[tuple[str, int], dict[int, Message]] = {}
         self.frames = 0
+        self.clock = _Clock()
         self._reported_at = 0.0
 
     def warm_up(self) -> None:
@@ -80,6 +130,7 @@ class StageInstance:
     def run(self) -> None:
         """Process until a stream finishes without a next stream (or the runner stops us)."""
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             try:
                 batch = self.consumer.get_next_batch(self.group, self.stage.batch,
                                                      timeout_ms=_POLL_MS)
@@ -88,9 +139,11 @@ class StageInstance:
                     break
                 continue
             except AsapoEndOfStreamError:
+                self.clock.polled(time.perf_counter() - t0, got=False)
                 if os.getppid() == 1:  # the runner is gone: nobody will stop us
                     break
                 continue
+            self.clock.polled(time.perf_counter() - t0, got=True)
             self._take(list(batch))
             self._progress()
         self._progress(force=True)
@@ -127,20 +180,40 @@ class StageInstance:
         trace = list(meta_in.get("trace", []))
         t_in = max(m.timestamp for m in messages)
         stream = self.stage.out_stream(first.stream)
-        worker = self.worker
-        if worker.out_shape is not None:
-            dtype = np.dtype(worker.out_dtype)
-            nbytes = int(np.prod(worker.out_shape)) * dtype.itemsize
-            with self.producer.reserve(nbytes, meta_capacity=OUTPUT_META_CAPACITY) as res:
-                meta.update(worker(parts, meta_in, res.array(dtype, worker.out_shape)) or {})
-                meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
-                res.commit(first.id, meta, stream=stream)
+        if self.worker.out_shape is not None:
+            self._publish_in_place(first.id, parts, meta_in, meta, trace, t_in, stream)
         else:
-            result = np.ascontiguousarray(worker(parts, meta_in))
-            meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
-            self.producer.send(first.id, result, meta, stream=stream)
+            self._publish_copy(first.id, parts, meta_in, meta, trace, t_in, stream)
         self.consumer.acknowledge_batch(self.group, messages)
         self.frames += 1
+        self.clock.frame_done()
+
+    def _publish_in_place(self, id: int, parts: list[np.ndarray], meta_in: dict, meta: dict,
+                          trace: list, t_in: int, stream: str) -> None:
+        """A built-in worker writes straight into a reserved output slot (no copy)."""
+        worker, times = self.worker, self.clock.times
+        dtype = np.dtype(worker.out_dtype)
+        nbytes = int(np.prod(worker.out_shape)) * dtype.itemsize
+        t0 = time.perf_counter()
+        with self.producer.reserve(nbytes, meta_capacity=OUTPUT_META_CAPACITY) as res:
+            t1 = time.perf_counter()
+            meta.update(worker(parts, meta_in, res.array(dtype, worker.out_shape)) or {})
+            times.work += time.perf_counter() - t1
+            meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
+            res.commit(id, meta, stream=stream)
+        times.output_wait += t1 - t0
+
+    def _publish_copy(self, id: int, parts: list[np.ndarray], meta_in: dict, meta: dict,
+                      trace: list, t_in: int, stream: str) -> None:
+        """A user function's result is published with one copy."""
+        times = self.clock.times
+        t0 = time.perf_counter()
+        result = np.ascontiguousarray(self.worker(parts, meta_in))
+        t1 = time.perf_counter()
+        times.work += t1 - t0
+        meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
+        self.producer.send(id, result, meta, stream=stream)
+        times.output_wait += time.perf_counter() - t1  # the copy, and room if the ring is full
 
     # ------------------------------------------------------------------ streams, reports
 
@@ -166,7 +239,15 @@ class StageInstance:
 
 
 def set_threads(n: int) -> None:
-    """Numba's thread count in this process (at most its configured maximum)."""
+    """Numba's thread count in this process (at most its configured maximum).
+
+    OpenMP workers (Numba's default layer here) otherwise spin after every parallel region
+    before they sleep: measured in the demo chain with 2 threads per stage on 2 cores, the
+    stitch stage burnt 9-10 ms of CPU per frame instead of 3.5-4 and the pipeline fell from
+    ~125 to ~70 frames/s. Stages share the cores with each other, so their workers sleep at
+    once (``OMP_WAIT_POLICY=PASSIVE``, read when the OpenMP runtime loads: before the first
+    parallel call); a value set by the user wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import numba
 
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
@@ -183,7 +264,8 @@ def run_instance(spec_values: dict[str, Any], stage_name: str, index: int, repor
         instance.warm_up()
         reports.put(("ready", stage_name, index))
         instance.run()
-        reports.put(("done", stage_name, index, instance.frames))
+        reports.put(("done", stage_name, index, instance.frames,
+                     instance.clock.times.as_dict()))
     except BaseException as exc:  # reported, then the exit code says it too
         reports.put(("failed", stage_name, index, f"{type(exc).__name__}: {exc}",
                      traceback.format_exc()))

@@ -17,6 +17,7 @@ def test_demo_leaves_raw_and_processed_hdf5_and_a_png(shm_prefix, shm_names, tmp
     info = run_demo(frames=4, data_root=tmp_path / "demo", npt=300, out=out)
     text = out.getvalue()
     assert "throughput:" in text and "latency  stitch: p50" in text and "PNG:" in text
+    assert "cpu    stitch:" in text and "cpu     azint:" in text and "cpu  simulate:" in text
     assert shm_names(shm_prefix) == []  # the demo removed its rings itself
     raw_file = next(p for p in info["files"]["raw"] if "master" not in p.name)
     with h5py.File(raw_file, "r") as f:

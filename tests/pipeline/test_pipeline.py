@@ -55,6 +55,22 @@ def test_two_stage_pipeline_equals_the_workers_called_directly(shm_prefix, shm_n
     lat = stage_latencies(spec.data_root / "catalog.sqlite", "profiles", "scan_iq")
     assert set(lat) == {"stitch", "azint", "total"}
     assert all(len(v) == FRAMES and np.all(v >= 0) for v in lat.values())
+    check_stage_times(result)
+
+
+def check_stage_times(result) -> None:
+    """Each instance accounts for its own frames (ids split 1,3,5 / 2,4 over two stitch
+    instances), and its waits and work fit inside its span."""
+    times = result.stage_times
+    assert [t["frames"] for t in times["stitch"]] == [3, 2]
+    assert [t["frames"] for t in times["azint"]] == [FRAMES]
+    for t in times["stitch"] + times["azint"]:
+        assert t["cpu"] > 0 and t["wall"] > 0
+        assert min(t["input_wait"], t["work"], t["output_wait"]) >= 0
+        assert t["input_wait"] + t["work"] + t["output_wait"] <= t["wall"] + 1e-3
+    sim = result.simulation
+    assert sim["frames"] == FRAMES and sim["cpu"] > 0
+    assert 0 <= sim["output_wait"] <= sim["seconds"]
 
 
 def test_a_stage_that_raises_is_reported_with_its_name(shm_prefix, shm_names, tmp_path,
