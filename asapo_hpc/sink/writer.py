@@ -407,6 +407,7 @@ class StreamWriter:
             data_file = self._file_with_room()
             path = data_file.path
             room = self.settings.frames_per_file - data_file.frames
+            room = min(room, self._ready_prefix(batch))
             segment, rest = batch[:room], batch[room:]
             jobs, chunks = self._chunks_of(segment)
             first = data_file.append(chunks, [j.message_id for j in jobs],
@@ -425,6 +426,16 @@ class StreamWriter:
         self._resolve(jobs, data_file, first,
                       sum(memoryview(c).nbytes for cs in chunks for c in cs))
         return rest
+
+    @staticmethod
+    def _ready_prefix(jobs: list[_Job]) -> int:
+        """How many leading jobs to write now: the first (waited for) and those after it
+        already compressed. Waiting for a whole batch instead left the pool idle while the
+        batch was written (its frames held every max_pending slot)."""
+        n = 1
+        while n < len(jobs) and (jobs[n].encoded is None or jobs[n].encoded.done()):
+            n += 1
+        return n
 
     def _chunks_of(self, segment: list[_Job]) -> tuple[list[_Job], list[list]]:
         jobs, chunks = [], []
