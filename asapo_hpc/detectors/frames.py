@@ -133,6 +133,21 @@ class PowderFrames:
                 np.copyto(out[m, rows], self.bank[k, m, rows])
         return out
 
+    def module_pieces(self, part: int, choice: np.ndarray) -> list[np.ndarray]:
+        """Module ``part`` of the frame whose ``block_choice`` is ``choice``, as the
+        contiguous bank pieces that make it up, top to bottom (neighbouring blocks drawn
+        from the same bank frame joined into one piece). Concatenated they are the module
+        ``fill`` writes; a caller copies them wherever it likes (e.g. with streaming stores
+        into a ring slot) instead of going through an intermediate array."""
+        row_choice = choice[part]
+        pieces, start = [], 0
+        for b in range(1, len(row_choice) + 1):
+            if b == len(row_choice) or row_choice[b] != row_choice[start]:
+                rows = slice(start * self.block_rows, b * self.block_rows)
+                pieces.append(self.bank[row_choice[start], part, rows])
+                start = b
+        return pieces
+
     def module_frames(self, index: int) -> np.ndarray:
         """Frame ``index`` as a new (n_parts, rows, cols) array."""
         return self.fill(np.empty(self.shape, dtype=self.dtype), index)

@@ -7,11 +7,12 @@ number), it lets the sink store each module as its own dataset (``module_01`` ..
 lets a consumer work on modules without stitching. A single 12-module message would save 11
 descriptors per frame but hide the modules from everything downstream.
 
-Nothing is copied on the way: every part is ``Producer.reserve``-d in the ring and
-``PowderFrames`` writes the module's counts straight into the reserved slot, then it is
-committed. Pacing sleeps until each frame's due time (``rate`` frames/s; 0 = as fast as the
-ring takes them); ``SimulationReport`` says what rate was held. The stream ends with the
-finish marker (naming ``next_stream`` if given).
+Nothing is copied on the way: every part is ``Producer.reserve``-d in the ring, the bank
+pieces ``PowderFrames`` assembles the module from are copied straight into the reserved slot
+with streaming stores (``Reservation.fill_from``), then it is committed. Pacing sleeps until
+each frame's due time (``rate`` frames/s; 0 = as fast as the ring takes them);
+``SimulationReport`` says what rate was held. The stream ends with the finish marker (naming
+``next_stream`` if given).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from asapo_hpc.client import Producer
+from asapo_hpc.client import Producer, Reservation
 from asapo_hpc.config import RingConfig
 from asapo_hpc.detectors.frames import PowderFrames
 from asapo_hpc.detectors.lambda9m import Lambda9MLayout
@@ -114,11 +115,17 @@ class LambdaSimulator:
             t0 = time.perf_counter()
             with self.producer.reserve(nbytes, meta_capacity=PART_META_CAPACITY) as res:
                 self.output_wait += time.perf_counter() - t0
-                fill_part(self.frames, res.array(layout.dtype, layout.module_shape), part,
-                          choice)
+                self._fill(res, part, choice)
                 res.commit(frame_id, {"frame": frame_id, "module": self._names[part]},
                            stream=stream, dataset=(part + 1, n))
         return nbytes * n
+
+    def _fill(self, res: Reservation, part: int, choice: np.ndarray) -> None:
+        """Copy module ``part`` into its reserved slot with streaming stores: the slot is
+        cold, and plain stores (np.copyto) would read every destination line first."""
+        offset = 0
+        for piece in self.frames.module_pieces(part, choice):
+            offset = res.fill_from(piece, offset)
 
     def run(self, frames: int, rate: float = 0.0, *, stream: str = "default",
             first_id: int = 1, next_stream: str | None = None,

@@ -53,6 +53,14 @@ FIELD_DOCS: dict[str, str] = {
     "sink": "HDF5 sink settings (SinkSettings): compression none / bslz4 / zstd, "
             "frames_per_file, threads, max_pending, group, fsync_every_flush, master_file.",
     "batch_size": "Messages the recorder claims from a ring at once (1..256).",
+    "record_batch_ms": "Most milliseconds the recorder keeps claiming after a claim returned, "
+                       "to store small messages in batches: one HDF5 append + flush, one "
+                       "catalog location transaction and one acknowledgement for everything "
+                       "claimed meanwhile (messages still enter the catalog when claimed). "
+                       "Bounds the delay it adds before a message is on disk, located and "
+                       "acknowledged; collecting also "
+                       "stops at batch_size messages or 4 MiB of data (large messages gain "
+                       "nothing from waiting). 0 = off: record each claim at once.",
     "poll_ms": "How long the recorder waits for a message before it looks at its "
                "backlog and the stop flag again.",
     "retry_max_s": "After a write error the recorder retries the same frames with a new "
@@ -163,6 +171,7 @@ class NodeConfig:
     sources: tuple[SourceConfig, ...] = ()
     sink: SinkSettings = field(default_factory=SinkSettings)
     batch_size: int = 64
+    record_batch_ms: float = 20.0
     poll_ms: int = 200
     retry_max_s: float = 10.0
     status_interval_s: float = 5.0
@@ -189,6 +198,9 @@ class NodeConfig:
             raise AsapoWrongInputError(f"sources named twice: {names}")
         if not 1 <= self.batch_size <= 256:
             raise AsapoWrongInputError(f"batch_size={self.batch_size} must be 1..256")
+        if not 0 <= self.record_batch_ms <= 1000:
+            raise AsapoWrongInputError(
+                f"record_batch_ms={self.record_batch_ms} must be 0 (off) .. 1000")
         if self.poll_ms < 1 or self.retry_max_s <= 0 or self.status_interval_s <= 0:
             raise AsapoWrongInputError("poll_ms, retry_max_s and status_interval_s must be > 0")
         if not -1 <= self.metrics_port <= 65535 or self.influx_interval_s <= 0:
