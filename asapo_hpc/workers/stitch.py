@@ -2,7 +2,9 @@
 
 Everything that depends only on the layout is planned once (``StitchPlan``): one task per
 output line of every module (where it goes, which raw line it reads, in which direction),
-run tables that cut a line into plain pixels and wide chip-junction pixels, the gap runs to
+run tables that cut a line into plain runs (vector copies) and a table of the virtual pixels
+of its wide chip-junction pixels (split in one tight loop, the division by ``n`` a multiply
+by a precomputed reciprocal with a remainder fix), the gap runs to
 fill, and the output pixels that masked raw pixels land on. Tasks and gap runs form one list
 sorted by output offset, so a frame is one parallel pass that writes the output front to
 back (each thread one contiguous half): streaming stores, and the gaps cost no second pass.
@@ -40,6 +42,8 @@ T_OUT, T_MODULE, T_BASE, T_TSTRIDE, T_RUNS, T_WACROSS, T_SUBACROSS, T_ALONG_ROW,
 GAP = -1
 # Columns of StitchPlan.runs
 R_K0, R_LENGTH, R_T0, R_TDIR, R_WIDTH = range(5)
+# Columns of StitchPlan.virtual: output offset in the line, raw t, wide pixel's width, sub
+V_K, V_T, V_WIDTH, V_SUB = range(4)
 
 
 def identity_axis(length: int) -> AxisMap:
@@ -60,7 +64,9 @@ class StitchPlan:
         self.axes = (
             layout.axes if large_pixels else tuple(identity_axis(n) for n in self.module_shape)
         )
-        self.runs, self.nruns = _run_tables(self.axes)
+        self.runs, self.nruns, self.nplain = _run_tables(self.axes)
+        self.virtual, self.nvirtual = _virtual_tables(self.runs, self.nruns, self.nplain)
+        self.inv_width = 1.0 / np.maximum(self.virtual[:, :, V_WIDTH], 1)
         self.tasks, self.task_ptr = self._tasks()
         self.gap_runs = _gap_runs(layout, self.large_pixels, self.shape)
         self.items = _output_ordered(self.tasks, self.gap_runs)
@@ -123,13 +129,41 @@ def _output_ordered(tasks: np.ndarray, gap_runs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(items[np.argsort(items[:, T_OUT], kind="stable")])
 
 
-def _run_tables(axes: Sequence[AxisMap]) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of a line read along module rows (id 0, 1) or columns (2, 3), forward / reversed."""
+def _run_tables(axes: Sequence[AxisMap]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of a line read along module rows (id 0, 1) or columns (2, 3), forward / reversed.
+
+    Each table lists the plain runs first (``nplain`` of them, copied with vector loops),
+    then the wide pixels (one row each, split in one tight loop): the order of runs inside a
+    line does not matter, they write disjoint pixels.
+    """
     tables = [_runs(axes[a], d) for a in (0, 1) for d in (1, -1)]
+    tables = [sorted(t, key=lambda run: run[R_WIDTH] > 1) for t in tables]
     runs = np.zeros((4, max(len(t) for t in tables), 5), dtype=np.int64)
     for i, t in enumerate(tables):
         runs[i, : len(t)] = t
-    return runs, np.array([len(t) for t in tables], dtype=np.int64)
+    nruns = np.array([len(t) for t in tables], dtype=np.int64)
+    nplain = np.array([sum(run[R_WIDTH] == 1 for run in t) for t in tables], dtype=np.int64)
+    return runs, nruns, nplain
+
+
+def _virtual_tables(runs: np.ndarray, nruns: np.ndarray,
+                    nplain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per run table, one row per virtual pixel of its wide pixels: (k, raw t, width, sub).
+
+    ``sub`` is the virtual pixel's place inside its wide pixel along the line, in the
+    module's own frame (a reversed line visits them backwards).
+    """
+    tables = []
+    for rid in range(len(runs)):
+        rows = []
+        for k0, width, t, tdir, _ in runs[rid, nplain[rid] : nruns[rid]]:
+            for j in range(width):
+                rows.append((k0 + j, t, width, j if tdir > 0 else width - 1 - j))
+        tables.append(rows)
+    virtual = np.zeros((len(runs), max(1, max(len(t) for t in tables)), 4), dtype=np.int64)
+    for rid, rows in enumerate(tables):
+        virtual[rid, : len(rows)] = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return virtual, np.array([len(t) for t in tables], dtype=np.int64)
 
 
 def _runs(axis: AxisMap, direction: int) -> list[tuple[int, int, int, int, int]]:
@@ -204,18 +238,43 @@ def _stacked_flatfield(layout: Lambda9MLayout) -> np.ndarray | None:
 # --------------------------------------------------------------------------------------------
 
 
-@numba.njit
-def _share(v, flat_value, n, rank, sat, int_out, maxval):  # pragma: no cover - compiled
-    """What one virtual pixel of a raw count ``v`` gets (see the module docstring)."""
-    if v >= sat:
-        return np.float64(v)
-    x = np.float64(v) * flat_value
-    if not int_out:
-        return x / n
-    x = min(max(np.rint(x), 0.0), maxval)
+@numba.njit(inline="always")
+def _divmod_exact(x, n, inv_n):  # pragma: no cover - compiled
+    """``divmod(x, n)`` for a whole float ``0 <= x < 2**52``, without a division.
+
+    ``x * inv_n`` is within one of ``x / n`` (``inv_n = 1 / n`` rounded), so its truncation
+    is the floor or one off; the remainder tells which and fixes it. A division would cost
+    more than the rest of a junction pixel and does not vectorise.
+    """
     vi = np.int64(x)
-    q = vi // n
-    return np.float64(q + (1 if rank < vi - q * n else 0))
+    q = np.int64(x * inv_n)
+    r = vi - q * n
+    q = q + 1 if r >= n else q
+    r = r - n if r >= n else r
+    q = q - 1 if r < 0 else q
+    r = r + n if r < 0 else r
+    return q, r
+
+
+@numba.njit(inline="always")
+def _share_int(v, flat_value, has_flat, n, inv_n, rank, sat, maxval):  # pragma: no cover
+    """Integer output: what virtual pixel ``rank`` of a raw count ``v`` split over ``n`` gets.
+
+    Returned as int64 (no float round trip before the store). Without a flatfield the
+    rounding and clipping are no-ops (the output dtype is the input's), so they are skipped.
+    """
+    x = np.float64(v)
+    if has_flat:
+        x = min(max(np.rint(x * flat_value), 0.0), maxval)
+    q, r = _divmod_exact(x, n, inv_n)
+    share = q + (1 if rank < r else 0)
+    return np.int64(v) if v >= sat else share
+
+
+@numba.njit(inline="always")
+def _share_float(v, flat_value, n, sat):  # pragma: no cover - compiled
+    """Float output: ``v * flat / n`` (a true division, as the reference), saturated kept."""
+    return np.float64(v) if v >= sat else np.float64(v) * flat_value / n
 
 
 @numba.njit
@@ -271,50 +330,75 @@ def _plain_run(src, s, step, flat, f, has_flat, out, o, count, sat, int_out,
         _copy_line(src, s, out, o, count)
 
 
-@numba.njit(inline="always")
-def _split_run(src, s, step, flat, f, has_flat, out, o, run_length, width, tdir, w_across,
-               sub_across, along_row, sat, int_out, maxval):  # pragma: no cover - compiled
-    """Pixels on a wide row / column: each raw value is split over its virtual pixels."""
-    n = width * w_across
-    for j in range(run_length):
-        if width > 1:
-            sub_along = j if tdir > 0 else width - 1 - j
-            idx, fidx = s, f
+@numba.njit
+def _split_line(src, s, flat, f, has_flat, out, o, count, step, n, rank, sat, int_out,
+                maxval):  # pragma: no cover - compiled
+    """Plain pixels of a wide line: every raw value split over ``n`` (the line's width
+    across) with one ``rank``. Branch-free per pixel, so a forward run vectorises."""
+    s, f, o = np.int64(s), np.int64(f), np.uint64(o)
+    inv_n = 1.0 / n
+    for j in range(np.uint64(count)):
+        t = np.int64(j) * step
+        flat_value = np.float64(flat[np.uint64(f + t)]) if has_flat else 1.0
+        v = src[np.uint64(s + t)]
+        if int_out:
+            out[o + j] = _share_int(v, flat_value, has_flat, n, inv_n, rank, sat, maxval)
         else:
-            sub_along = 0
-            idx, fidx = s + j * step, f + j * step
-        if along_row:
-            rank = sub_along * w_across + sub_across
+            out[o + j] = _share_float(v, flat_value, n, sat)
+
+
+@numba.njit
+def _wide_pixels(src, s_line, f_line, tstride, flat, has_flat, out, o, virtual, inv_width,
+                 nvirtual, w_across, sub_across, along_row, sat, int_out,
+                 maxval):  # pragma: no cover - compiled
+    """The virtual pixels of a line's wide (chip-junction) pixels, from their table.
+
+    One branch-free pass, one table row per virtual pixel (~30 per line): n and the rank
+    come from the row and the line; the division is a multiply by ``1 / width * 1 / w_across``
+    (a few ulps off ``1 / n``, which ``_divmod_exact`` absorbs).
+    """
+    s_line, f_line, o = np.uint64(s_line), np.uint64(f_line), np.uint64(o)
+    inv_across = 1.0 / w_across
+    for e in range(np.uint64(nvirtual)):
+        width = virtual[e, V_WIDTH]
+        sub_along = virtual[e, V_SUB]
+        t = np.uint64(virtual[e, V_T] * tstride)
+        n = width * w_across
+        rank = sub_along * w_across + sub_across if along_row else sub_across * width + sub_along
+        flat_value = np.float64(flat[f_line + t]) if has_flat else 1.0
+        k = o + np.uint64(virtual[e, V_K])
+        if int_out:
+            out[k] = _share_int(src[s_line + t], flat_value, has_flat, n,
+                                inv_width[e] * inv_across, rank, sat, maxval)
         else:
-            rank = sub_across * width + sub_along
-        flat_value = np.float64(flat[fidx]) if has_flat else 1.0
-        out[o + j] = _share(src[idx], flat_value, n, rank, sat, int_out, maxval)
+            out[k] = _share_float(src[s_line + t], flat_value, n, sat)
 
 
 @numba.njit(inline="always")
-def _module_line(src, s_line, f_line, items, i, runs, nruns, flat, has_flat, sat, int_out, maxval,
-                 out):  # pragma: no cover - compiled
-    """One output line of one module, run by run."""
+def _module_line(src, s_line, f_line, items, i, runs, nplain, virtual, inv_width, nvirtual, flat,
+                 has_flat, sat, int_out, maxval, out):  # pragma: no cover - compiled
+    """One output line of one module: its plain runs, then its wide pixels."""
     o = items[i, T_OUT]
     tstride = items[i, T_TSTRIDE]
     rid = items[i, T_RUNS]
     w_across = items[i, T_WACROSS]
-    for r in range(nruns[rid]):
+    sub_across = items[i, T_SUBACROSS]
+    for r in range(nplain[rid]):
         k0 = runs[rid, r, R_K0]
         count = runs[rid, r, R_LENGTH]
         t0 = runs[rid, r, R_T0]
-        tdir = runs[rid, r, R_TDIR]
-        width = runs[rid, r, R_WIDTH]
-        step = tdir * tstride
+        step = runs[rid, r, R_TDIR] * tstride
         s = s_line + t0 * tstride
         f = f_line + t0 * tstride
-        if width == 1 and w_across == 1:
+        if w_across == 1:
             _plain_run(src, s, step, flat, f, has_flat, out, o + k0, count, sat, int_out,
                        maxval)
-        else:
-            _split_run(src, s, step, flat, f, has_flat, out, o + k0, count, width, tdir,
-                       w_across, items[i, T_SUBACROSS], items[i, T_ALONG_ROW] != 0, sat, int_out,
-                       maxval)
+        else:  # plain pixels of a wide raw line: n = w_across, rank = sub_across
+            _split_line(src, s, flat, f, has_flat, out, o + k0, count, step, w_across,
+                        sub_across, sat, int_out, maxval)
+    _wide_pixels(src, s_line, f_line, tstride, flat, has_flat, out, o, virtual[rid],
+                 inv_width[rid], nvirtual[rid], w_across, sub_across,
+                 items[i, T_ALONG_ROW] != 0, sat, int_out, maxval)
 
 
 @intrinsic
@@ -329,7 +413,9 @@ def _pointer_at(typingctx, address, like):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
-def _stitch_items(part_addresses, like, part_size, items, runs, nruns, module_size, flat,
+def _stitch_items(part_addresses, like, part_size, items, runs, nplain, virtual, inv_width,
+                  nvirtual,
+                  module_size, flat,
                   has_flat, masked, mask_spans, fill, fill_gaps, sat, int_out, maxval,
                   out):  # pragma: no cover - compiled
     """The whole frame in one pass over ``items`` (module lines and gap runs, output order).
@@ -354,8 +440,9 @@ def _stitch_items(part_addresses, like, part_size, items, runs, nruns, module_si
             _copy_line(src, s_line, out, o, items[i, T_LEN])
         else:
             f_line = module * module_size + s_line
-            _module_line(src, s_line, f_line, items, i, runs, nruns, flat, has_flat, sat,
-                         int_out, maxval, out)
+            _module_line(src, s_line, f_line, items, i, runs, nplain, virtual, inv_width,
+                         nvirtual, flat, has_flat,
+                         sat, int_out, maxval, out)
         for k in range(mask_spans[i, 0], mask_spans[i, 1]):
             out[masked[k]] = fill
 
@@ -435,7 +522,8 @@ class Stitcher:
             addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
         # ``arrays`` stays referenced here until the kernel returns: the addresses stay valid
         _stitch_items(addresses, arrays[0].reshape(-1)[:0], plan.module_size, plan.items,
-                      plan.runs, plan.nruns, plan.module_size, flat, self._flat is not None,
+                      plan.runs, plan.nplain, plan.virtual,
+                      plan.inv_width, plan.nvirtual, plan.module_size, flat, self._flat is not None,
                       self._masked, self._mask_spans, fill, not gaps_filled,
                       self.layout.saturation, int_out, maxval, flat_out)
         return out

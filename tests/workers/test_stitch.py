@@ -255,3 +255,67 @@ def test_switched_off_module_needs_one_part_less():
     full = layout.replace(modules=modules)
     assert full.n_parts == layout.n_parts + 1
     assert Stitcher(full).shape == Stitcher(layout).shape
+
+
+def test_division_by_reciprocal_is_exact():
+    """``_divmod_exact`` (multiply by 1/n, then fix) against integer divmod, including exact
+    multiples of n (where x * (1/n) can round below the quotient) and 32-bit counts."""
+    from asapo_hpc.workers.stitch import _divmod_exact
+
+    rng = np.random.default_rng(5)
+    xs = np.concatenate([np.arange(300), rng.integers(0, 2**32, 2000), [2**32 - 1, 2**16 - 1]])
+    for n in (1, 2, 3, 4, 5, 7, 9, 25, 49):
+        xs_n = np.concatenate([xs, (xs // n) * n])  # the multiples too
+        for x in xs_n:
+            assert _divmod_exact.py_func(float(x), n, 1.0 / n) == divmod(int(x), n)
+        # the kernel gets 1/width * 1/w_across, a few ulps off 1/n
+        for w in (1, 3, 5, 7):
+            if n % w == 0:
+                inv = (1.0 / w) * (1.0 / (n // w))
+                for x in xs_n[::7]:
+                    assert _divmod_exact.py_func(float(x), n, inv) == divmod(int(x), n)
+
+
+@pytest.mark.parametrize("factor", [2, 5])
+@pytest.mark.parametrize("output", ["input", "float32"])
+def test_other_large_pixel_factors_and_odd_chips(factor, output):
+    """Odd chip sizes and other widths: n = 2, 4 or 5, 25; every orientation, flatfields."""
+    rng = np.random.default_rng(factor)
+    shape = (9, 15)
+    orientations = [Orientation(q, fu, fl) for q in range(4) for fu in (False, True)
+                    for fl in (False, True)][::2]
+    modules = [
+        ModuleGeometry(f"m{i}", (40 * (i % 4), 40 * (i // 4), 0), o,
+                       flatfield=rng.uniform(0.5, 1.5, shape).astype(np.float32) if i % 2 else None)
+        for i, o in enumerate(orientations)
+    ]
+    layout = Lambda9MLayout(modules, module_shape=shape, chip_shape=(3, 5),
+                            large_pixel_factor=factor)
+    parts = random_parts(layout, 11)
+    expected = stitch_reference(parts, layout, large_pixels=True, output=output)
+    np.testing.assert_array_equal(Stitcher(layout, large_pixels=True, output=output)(parts),
+                                  expected)
+
+
+@pytest.mark.parametrize("bit_depth", [12, 24])
+@pytest.mark.parametrize("output", ["input", "float32"])
+def test_saturated_and_large_counts_at_junctions(bit_depth, output):
+    """Junction rows, columns and corners saturated or holding the largest unsaturated count
+    (the reciprocal split must stay exact up there), in every orientation."""
+    layout = mixed_layout(bit_depth, seed=3)
+    parts = random_parts(layout, 6)
+    junction_rows, junction_cols = [3, 4], [7, 8, 15, 16]
+    for p in range(layout.n_parts):
+        for k, r in enumerate(junction_rows):
+            parts[p, r, :: 2 + k] = layout.saturation
+            parts[p, r, 1 :: 3] = layout.saturation - 1
+        for k, c in enumerate(junction_cols):
+            parts[p, k % 2 :: 2, c] = layout.saturation - 1 - k
+            parts[p, (k + 1) % 2 :: 3, c] = layout.saturation
+        parts[p, 3, 7] = layout.saturation  # a corner pixel (split over nine)
+        parts[p, 4, 16] = layout.saturation - 1
+    for flat in (True, False):
+        stitcher = Stitcher(layout, large_pixels=True, output=output, apply_flatfield=flat)
+        expected = stitch_reference(parts, layout, large_pixels=True, output=output,
+                                    apply_flatfield=flat)
+        np.testing.assert_array_equal(stitcher(parts), expected)
