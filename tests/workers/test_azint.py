@@ -474,3 +474,62 @@ def test_thread_chooser_follows_the_faster_count(monkeypatch):
     n, inside = threads.ThreadChooser().run(lambda n: (n, numba.get_num_threads()))
     assert n == inside and n in (1, before)
     assert numba.get_num_threads() == before
+
+
+def _gap_mask(shape):
+    """Lambda-like gaps: masked row bands and column bands (long runs of the flat index)."""
+    mask = np.zeros(shape, bool)
+    mask[60:100] = True  # a module-row gap: 40 whole rows
+    mask[200:230] = True
+    mask[:, 140:150] = True  # a module-column gap: 10 pixels per row, merged into runs
+    mask[5, 7] = True  # a lone masked pixel
+    return mask
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_no_split_skips_long_masked_runs_with_identical_sums(frame, dtype):
+    ai, _ = make_pair(GEOMETRIES["tilted"])
+    mask = _gap_mask(SHAPE)
+    data = frame.astype(dtype)  # integer values: float sums exact in any order
+    data[mask] = 7  # masked pixels hold counts: they must not leak into any bin
+    ours = ai.integrate1d(data, NPT, unit="q_nm^-1", mask=mask)
+    corr = ai._corrections[("no", "histogram")][1]
+    assert corr.runs is not None
+    rows_read = SHAPE[0] - 70  # the row bands are skipped, the column band is read
+    assert corr.pixels_read == rows_read * SHAPE[1] < 0.9 * frame.size
+    # the same passes over every pixel (no skipping)
+    raw = data.ravel()
+    if dtype == np.uint16:
+        sig, var = kernels.hist_packed_u16(raw, corr.bins, NPT, 2)
+    else:
+        sig, var = kernels.hist_checked(raw, corr.bins, NPT, corr.norm, corr.dark, False,
+                                        np.float32(0), np.float32(0), 2)[:2]
+    np.testing.assert_array_equal(ours.sum_signal, sig)
+    np.testing.assert_array_equal(ours.sum_variance, var)
+    valid = corr.bins < NPT
+    np.testing.assert_array_equal(ours.count, np.bincount(corr.bins[valid], minlength=NPT))
+
+
+def test_work_items_cover_every_valid_pixel_of_a_slice(frame):
+    ai, _ = make_pair(GEOMETRIES["centred"])
+    ai.integrate1d(frame, NPT, mask=_gap_mask(SHAPE))
+    corr = ai._corrections[("no", "histogram")][1]
+    for start, stop in [(0, frame.size), (0, frame.size // 2), (70 * SHAPE[1] + 3, frame.size)]:
+        items = corr.work_items(start, stop)
+        assert ((items[:, 1] - items[:, 0]) <= kernels.CHUNK).all()
+        assert (items[:, 0] < items[:, 1]).all() and items.min() >= 0
+        assert items.max() <= stop - start
+        covered = np.zeros(stop - start, int)
+        for a, b in items:
+            covered[a:b] += 1
+        assert covered.max() == 1
+        assert covered[corr.bins[start:stop] < NPT].all()
+
+
+def test_no_mask_reads_every_pixel(frame):
+    ai, _ = make_pair(GEOMETRIES["centred"])
+    ai.integrate1d(frame, NPT)
+    corr = ai._corrections[("no", "histogram")][1]
+    assert corr.runs is None and corr.pixels_read == frame.size
+    np.testing.assert_array_equal(corr.work_items(0, frame.size),
+                                  kernels.chunk_items(frame.size))

@@ -28,6 +28,12 @@ UNIT_SCALE: dict[str, float] = {
     "r_mm": 1000.0,
 }
 
+#: Masked stretches of the flat pixel index shorter than this are read anyway (their
+#: pixels go to the sentinel bin): skipping them would cost a work item more than it saves.
+RUN_MIN_GAP = 64
+#: The no-split passes skip masked runs only if that cuts the pixels read by this fraction.
+RUN_MIN_SAVING = 0.10
+
 #: Short method name -> (split, algorithm) key of the engine registry.
 METHODS: dict[str, tuple[str, str]] = {
     "no": ("no", "histogram"),
@@ -195,6 +201,10 @@ class Corrections:
             self.static = kernels.hist_static_sums(
                 self.bins, norm, dark_full, engine.npt, kernels.n_chunks(norm.size)
             )
+            self.runs = _skipping_runs(self.bins, engine.npt)
+            #: pixels a whole-frame no-split pass reads (fewer than all: masked runs skipped)
+            self.pixels_read = norm.size if self.runs is None else int(
+                (self.runs[:, 1] - self.runs[:, 0]).sum())
         else:
             data, indices, indptr = engine.matrix
             keep = valid[indices]
@@ -213,6 +223,23 @@ class Corrections:
             ex = kernels.pixel_table(*self.matrix, norm.size, bins, w0)
             self.table = (bins, w0, *ex)
         self._table_parts: dict[tuple[int, int], tuple] = {}
+        self._items: dict[tuple[int, int], np.ndarray] = {}
+
+    def work_items(self, start: int, stop: int) -> np.ndarray:
+        """(start, stop) work items of the no-split passes over pixels ``start .. stop``
+        (a module part or a packed-pass slice), indexed from ``start``; cached.
+
+        Items of :data:`kernels.CHUNK` pixels cut from the valid runs when skipping masked
+        runs pays off, else from the whole slice.
+        """
+        items = self._items.get((start, stop))
+        if items is None:
+            if self.runs is None:
+                items = kernels.chunk_items(stop - start)
+            else:
+                items = _chunked(np.clip(self.runs, start, stop) - start, kernels.CHUNK)
+            self._items[(start, stop)] = items
+        return items
 
     def table_part(self, start: int, stop: int) -> tuple:
         """The pixel table of pixels ``start .. stop`` (a module part), indexed from 0.
@@ -230,3 +257,22 @@ class Corrections:
                     ex_bin[lo:hi], ex_w[lo:hi])
             self._table_parts[(start, stop)] = part
         return part
+
+
+def _skipping_runs(bins: np.ndarray, npt: int) -> np.ndarray | None:
+    """Valid runs of the flat pixel index (bin != ``npt``, short gaps merged), or None when
+    skipping the masked runs would not cut the pixels read by :data:`RUN_MIN_SAVING`."""
+    runs = kernels.valid_runs(bins, npt, RUN_MIN_GAP)
+    read = int((runs[:, 1] - runs[:, 0]).sum())
+    return runs if read <= (1.0 - RUN_MIN_SAVING) * bins.size else None
+
+
+def _chunked(runs: np.ndarray, chunk: int) -> np.ndarray:
+    """Runs (start, stop) cut into work items of at most ``chunk`` pixels; empty runs go."""
+    runs = runs[runs[:, 1] > runs[:, 0]]
+    pieces = -(-(runs[:, 1] - runs[:, 0]) // chunk)
+    owner = np.repeat(np.arange(len(runs)), pieces)
+    first = np.cumsum(pieces) - pieces  # index of each run's first item
+    starts = runs[owner, 0] + (np.arange(owner.size) - first[owner]) * chunk
+    stops = np.minimum(starts + chunk, runs[owner, 1])
+    return np.ascontiguousarray(np.stack([starts, stops], axis=1), dtype=np.int64)

@@ -326,21 +326,23 @@ class AzimuthalIntegrator:
         )
 
     def _hist_sums(self, engine, corr: Corrections, raw, start, check_dummy, d, dd):
-        """No-split sums of the pixels ``start .. start + raw.size`` of the frame."""
+        """No-split sums of the pixels ``start .. start + raw.size`` of the frame; the
+        passes read only the pixels of the table's work items (masked runs skipped)."""
         stop = start + raw.size
         if raw.dtype == np.uint16 and not check_dummy:
             out = np.zeros((6, engine.npt))
             step = kernels.PACK_MAX_PIXELS
             for i in range(start, stop, step):  # one call for runs up to 33 Mpixel
                 j = min(stop, i + step)
-                sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16,
-                                     raw[i - start:j - start], corr.bins[i:j], engine.npt)
+                sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16_items,
+                                     raw[i - start:j - start], corr.bins[i:j],
+                                     corr.work_items(i, j), engine.npt)
                 out[0] += sig
                 out[1] += var
             return out
-        return self._run("hist_checked", kernels.hist_checked, raw, corr.bins[start:stop],
-                         engine.npt, corr.norm[start:stop], corr.dark[start:stop],
-                         check_dummy, d, dd)
+        return self._run("hist_checked", kernels.hist_checked_items, raw, corr.bins[start:stop],
+                         corr.work_items(start, stop), engine.npt, corr.norm[start:stop],
+                         corr.dark[start:stop], check_dummy, d, dd)
 
     def _run(self, name: str, fn, *args):
         """A per-frame pass on the thread count measured fastest for it lately."""

@@ -285,37 +285,74 @@ def _packed(raw_value):
     return r | (np.uint64(r == 0) << np.uint64(PACK_SHIFT))
 
 
-@njit(parallel=True, cache=True)
-def hist_packed_u16(raw, bins, npt, nthreads):
-    """No-split pass for uint16 frames without dynamic validity checks.
+@njit(cache=True)
+def valid_runs(bins, npt, min_gap):
+    """(start, stop) runs of pixels with ``bins != npt``; masked stretches shorter than
+    ``min_gap`` between two runs stay inside one run (a few wasted reads are cheaper than a
+    work item more). int64 (m, 2)."""
+    n = bins.size
+    out = np.empty((n // 2 + 1, 2), np.int64)  # runs alternate with gaps: at most n/2 + 1
+    m = 0
+    p = 0
+    while p < n:
+        while p < n and bins[p] == npt:
+            p += 1
+        if p == n:
+            break
+        start = p
+        while p < n and bins[p] != npt:
+            p += 1
+        if m > 0 and start - out[m - 1, 1] < min_gap:
+            out[m - 1, 1] = p
+        else:
+            out[m, 0], out[m, 1] = start, p
+            m += 1
+    return out[:m].copy()
 
-    Reads 2 B of frame + 2 B of bin index per pixel; one integer add per pixel into private
-    per-thread, per-lane bins (exact); work items of :data:`CHUNK` pixels handed out
-    dynamically. At most :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
+
+@njit(cache=True)
+def chunk_items(n):
+    """Work items (start, stop) of :data:`CHUNK` pixels covering pixels 0 .. n."""
+    nch = (n + CHUNK - 1) // CHUNK
+    items = np.empty((nch, 2), np.int64)
+    for c in range(nch):
+        items[c, 0] = c * CHUNK
+        items[c, 1] = min(n, c * CHUNK + CHUNK)
+    return items
+
+
+@njit(parallel=True, cache=True)
+def hist_packed_u16_items(raw, bins, items, npt, nthreads):
+    """No-split pass for uint16 frames without dynamic validity checks, over work items.
+
+    Reads 2 B of frame + 2 B of bin index per pixel of the (start, stop) ``items`` (pixels
+    outside them are skipped: long masked runs); one integer add per pixel into private
+    per-thread, per-lane bins (exact); items handed out dynamically. At most
+    :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
     """
-    n = raw.size
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, LANES, npt + 1), np.uint64)
-    nch = (n + CHUNK - 1) // CHUNK
+    nit = items.shape[0]
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         a = acc[t]
         while True:
             c = fetch_add(counter, 0, 1)
-            if c >= nch:
+            if c >= nit:
                 break
-            # CHUNK a compile-time constant: 30 % faster than an argument. Unsigned pixel
-            # indices: no negative-index wraparound code in the loop.
-            start = np.uint64(c * CHUNK)
-            stop = np.uint64(min(n, c * CHUNK + CHUNK))
-            stop4 = start + (stop - start) // np.uint64(LANES) * np.uint64(LANES)
-            for p in range(start, stop4, np.uint64(LANES)):
+            # Views of the item, indexed from 0 with unsigned indices (no negative-index
+            # wraparound code): 10 % faster than indexing the whole arrays from start.
+            r = raw[items[c, 0]:items[c, 1]]
+            bb = bins[items[c, 0]:items[c, 1]]
+            m = np.uint64(r.size)
+            m4 = m // np.uint64(LANES) * np.uint64(LANES)
+            for p in range(np.uint64(0), m4, np.uint64(LANES)):
                 for k in range(LANES):
-                    v = _packed(raw[p + np.uint64(k)])  # first: see _packed
-                    a[k, bins[p + np.uint64(k)]] += v
-            for p in range(stop4, stop):
-                v = _packed(raw[p])
-                a[0, bins[p]] += v
+                    v = _packed(r[p + np.uint64(k)])  # first: see _packed
+                    a[k, bb[p + np.uint64(k)]] += v
+            for p in range(m4, m):
+                v = _packed(r[p])
+                a[0, bb[p]] += v
     sig = np.empty(npt)
     var = np.empty(npt)
     for b in range(npt):
@@ -329,6 +366,12 @@ def hist_packed_u16(raw, bins, npt, nthreads):
         sig[b] = sraw
         var[b] = sraw + zeros
     return sig, var
+
+
+@njit(cache=True)
+def hist_packed_u16(raw, bins, npt, nthreads):
+    """:func:`hist_packed_u16_items` over every pixel, in items of :data:`CHUNK` pixels."""
+    return hist_packed_u16_items(raw, bins, chunk_items(raw.size), npt, nthreads)
 
 
 @njit(cache=True)
@@ -456,26 +499,26 @@ def _split_chunk(raw, bins, w0, start, stop, flat, lane_rows):
 
 
 @njit(parallel=True, cache=True)
-def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nthreads):
-    """No-split pass for any frame dtype with NaN / dummy checks.
+def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, delta_dummy,
+                       nthreads):
+    """No-split pass for any frame dtype with NaN / dummy checks, over work items.
 
     Returns a (6, npt) float64 array: Σsignal, Σvariance of valid pixels, and for pixels
     found invalid in this frame: Σnorm, Σnorm², count, Σdark (to subtract from the static
-    sums). Private per-thread bins; work items of :data:`CHUNK` pixels handed out
-    dynamically.
+    sums). Only pixels of the (start, stop) ``items`` are read. Private per-thread bins;
+    items handed out dynamically.
     """
-    n = raw.size
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, npt + 1, 6))
-    nch = (n + CHUNK - 1) // CHUNK
+    nit = items.shape[0]
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         a = acc[t]
         while True:
             c = fetch_add(counter, 0, 1)
-            if c >= nch:
+            if c >= nit:
                 break
-            for p in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
+            for p in range(items[c, 0], items[c, 1]):
                 b = bins[p]
                 v = np.float32(raw[p])
                 bad = not np.isfinite(v)
@@ -491,6 +534,13 @@ def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nt
                     a[b, 0] += v
                     a[b, 1] += max(v, np.float32(1.0))
     return acc.sum(axis=0)[:npt].T.copy()
+
+
+@njit(cache=True)
+def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nthreads):
+    """:func:`hist_checked_items` over every pixel, in items of :data:`CHUNK` pixels."""
+    return hist_checked_items(raw, bins, chunk_items(raw.size), npt, norm, dark, check_dummy,
+                              dummy, delta_dummy, nthreads)
 
 
 @njit(parallel=True, cache=True)
