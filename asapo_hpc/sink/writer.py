@@ -226,6 +226,8 @@ class StreamWriter:
         self._jobs: queue.Queue = queue.Queue()
         self._pool = (None if self.compression is Compression.NONE else
                       ThreadPoolExecutor(self.settings.threads, "asapo-sink-compress"))
+        # a quarter of the frames in flight per append: the rest keep the pool busy meanwhile
+        self._min_segment = max(1, self.settings.max_pending // 4)
         self._thread = threading.Thread(target=self._run, name="asapo-sink-writer", daemon=True)
         self._thread.start()
 
@@ -407,7 +409,7 @@ class StreamWriter:
             data_file = self._file_with_room()
             path = data_file.path
             room = self.settings.frames_per_file - data_file.frames
-            room = min(room, self._ready_prefix(batch))
+            room = min(room, self._ready_prefix(batch, self._min_segment))
             segment, rest = batch[:room], batch[room:]
             jobs, chunks = self._chunks_of(segment)
             first = data_file.append(chunks, [j.message_id for j in jobs],
@@ -428,11 +430,12 @@ class StreamWriter:
         return rest
 
     @staticmethod
-    def _ready_prefix(jobs: list[_Job]) -> int:
-        """How many leading jobs to write now: the first (waited for) and those after it
-        already compressed. Waiting for a whole batch instead left the pool idle while the
-        batch was written (its frames held every max_pending slot)."""
-        n = 1
+    def _ready_prefix(jobs: list[_Job], at_least: int) -> int:
+        """How many leading jobs to write now: the first `at_least` (waited for) and those
+        after them already compressed. Waiting for a whole batch left the pool idle while
+        the batch was written (its frames held every max_pending slot); writing each frame
+        as it came paid the per-append HDF5 calls and the flush per frame."""
+        n = min(len(jobs), at_least)
         while n < len(jobs) and (jobs[n].encoded is None or jobs[n].encoded.done()):
             n += 1
         return n
