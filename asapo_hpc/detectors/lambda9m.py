@@ -22,7 +22,6 @@ Conventions:
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -30,12 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asapo_hpc._compat import tomllib
 from asapo_hpc.errors import AsapoWrongInputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from asapo_hpc.geometry.detector import DetectorModule, ModuleStackDetector, PixelDetector

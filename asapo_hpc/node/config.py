@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
+from asapo_hpc._compat import tomllib
 from asapo_hpc.client.disk import CATALOG_NAME
 from asapo_hpc.config import RingConfig, check_known_keys, check_name
 from asapo_hpc.errors import AsapoWrongInputError
