@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -182,29 +182,27 @@ class Consumer(ConsumerStreams):
                 return self._disk_groups.get_next(group_id, stream, meta_only, timeout_ms)
         if self._held_markers or self._pending_finish:
             self._markers_first(handle, group_id, stream)
-        if self.prefetch > 1:
-            queue = self._queued.get(handle)
-            if not queue or self.auto_ack:
-                return self._next_prefetched(handle, group_id, stream, timeout_ms)
-            msg = _new(self._msg_class[handle])  # inline: the common case costs no call
-            f = msg._fields = queue.pop()
-            if f[9] & 1:
-                self._finish(msg, group_id, stream)
-            return msg
-        timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
-        if self.auto_ack:  # acknowledge what we hold from the group in the same C call
-            if self._held_batch:
-                self._ack_held(handle, single=False)
-            prev = self._held.pop(handle, _NO_SEQ)
-            rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, timeout, self._msg_buf)
-        else:
-            rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
-        if rc:
-            if rc != 1:
-                return self._no_message(rc, group_id, stream)
-            self._warn_auto_ack(prev)  # a message came; the previous one's lease had expired
+        if self.prefetch > 1:  # the next of the claimed run; a new run when none is left
+            if self.auto_ack:
+                self._defer_held(handle)
+            f = (self._queued.get(handle) or
+                 self._refill(handle, group_id, stream, timeout_ms)).pop()
+        else:  # one C call (auto_ack: acknowledging what this member holds in the same call)
+            timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
+            if self.auto_ack:
+                if self._held_batch:
+                    self._ack_held(handle, single=False)
+                prev = self._held.pop(handle, _NO_SEQ)
+                rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, timeout, self._msg_buf)
+            else:
+                rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
+            if rc:
+                if rc != 1:
+                    self._no_message(rc, group_id, stream)
+                self._warn_auto_ack(prev)  # a message came; the previous one's lease expired
+            f = MSG_FIELDS.unpack_from(self._msg_bytes)
         msg = _new(self._msg_class[handle])
-        f = msg._fields = MSG_FIELDS.unpack_from(self._msg_bytes)
+        msg._fields = f
         if f[9] & 1:  # a finish marker is acknowledged here and told as an error
             self._finish(msg, group_id, stream)
         if self.auto_ack:
@@ -213,25 +211,14 @@ class Consumer(ConsumerStreams):
 
     # -- prefetch ---------------------------------------------------------------------------
 
-    def _next_prefetched(self, handle: int, group_id: str, stream: str | None,
-                         timeout_ms: int | None) -> Message:
-        """get_next with prefetch: the next claimed message, claiming more when none is left."""
-        if self.auto_ack:
-            if self._held_batch:
-                self._ack_held(handle, single=False)
-            prev = self._held.pop(handle, None)
-            if prev is not None:
-                self._defer_ack(handle, prev)
-        queue = self._queued.get(handle)
-        if not queue:
-            queue = self._refill(handle, group_id, stream, timeout_ms)
-        msg = _new(self._msg_class[handle])
-        msg._fields = queue.pop()
-        if msg._fields[9] & 1:
-            self._finish(msg, group_id, stream)
-        if self.auto_ack:
-            self._held[handle] = msg._fields[0]
-        return msg
+    def _defer_held(self, handle: int) -> None:
+        """auto_ack with prefetch: what this member holds from the group counts as done;
+        its acknowledgement joins the gathered ones."""
+        if self._held_batch:
+            self._ack_held(handle, single=False)
+        prev = self._held.pop(handle, None)
+        if prev is not None:
+            self._defer_ack(handle, prev)
 
     def _refill(self, handle: int, group_id: str, stream: str | None,
                 timeout_ms: int | None) -> list[tuple]:
@@ -398,7 +385,7 @@ class Consumer(ConsumerStreams):
             f"next stream: {next_stream!r}", next_stream=next_stream, stream=marker.stream,
             last_id=marker.id - 1)
 
-    def _no_message(self, rc: int, group_id: str, stream: str | None) -> Message:
+    def _no_message(self, rc: int, group_id: str, stream: str | None) -> NoReturn:
         if rc == _ENOENT:  # the group was retired (its stream ended) by another member
             self._forget_group(group_id, stream)
         if rc == _ENOENT or (rc == _EAGAIN and stream is not None):
@@ -474,11 +461,7 @@ class Consumer(ConsumerStreams):
         if self._held and self._held.get(handle) == seq:
             del self._held[handle]
         if self.prefetch > 1 and handle != DISK_GROUP:
-            acks = self._acks.get(handle)
-            if acks is not None and len(acks) < self.prefetch - 1 and self._queued.get(handle):
-                acks.append(seq)  # inline: the common case costs no call
-            else:
-                self._defer_ack(handle, seq)
+            self._defer_ack(handle, seq)
             return
         rc = lib.ahrpy_ack(self._ctx, handle, seq)
         if rc:
