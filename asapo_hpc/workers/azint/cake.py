@@ -22,7 +22,7 @@ Conventions (pyFAI's ``integrate2d_ng(..., method=("no", "histogram", "cython"))
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
@@ -38,31 +38,10 @@ from asapo_hpc.workers.azint.engines import (
     internal_radial,
 )
 from asapo_hpc.workers.azint.reference import bin_edges, upper_bound
+from asapo_hpc.workers.azint.results import Integrate2dResult
 
 #: Where chi jumps by 360°: 180 (chi in (-180, 180], pyFAI's default) or 0 (chi in [0, 360)).
 CHI_DISCONTINUITIES = (180, 0)
-
-
-@dataclass
-class Integrate2dResult:
-    """A cake: intensity per (chi, radial) bin and the float64 per-bin sums behind it.
-
-    Arrays are shaped (npt_azim, npt_rad); ``azimuthal`` holds the chi bin centres in degrees.
-    """
-
-    radial: np.ndarray
-    azimuthal: np.ndarray
-    intensity: np.ndarray
-    sigma: np.ndarray | None
-    unit: str
-    sum_signal: np.ndarray
-    sum_variance: np.ndarray | None
-    sum_normalization: np.ndarray
-    sum_normalization2: np.ndarray
-    count: np.ndarray
-    method: tuple[str, str]
-    engine: str
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

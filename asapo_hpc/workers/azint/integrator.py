@@ -13,14 +13,12 @@ they lie in memory, without stitching. dark, flat and mask may be given in eithe
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from asapo_hpc.errors import AsapoWrongInputError
 from asapo_hpc.geometry import PixelDetector, PoniGeometry, check_unit
 from asapo_hpc.workers.azint import cake, kernels
-from asapo_hpc.workers.azint.cake import Integrate2dResult
 from asapo_hpc.workers.azint.engines import (
     ENGINES,
     UNIT_SCALE,
@@ -30,29 +28,12 @@ from asapo_hpc.workers.azint.engines import (
     NoSplitEngine,
     check_method,
 )
+from asapo_hpc.workers.azint.results import Integrate1dResult, Integrate2dResult
 from asapo_hpc.workers.azint.threads import ThreadChooser
 
 logger = logging.getLogger(__name__)
 
 ERROR_MODELS = ("poisson", None)
-
-
-@dataclass
-class Integrate1dResult:
-    """A radial profile and the float64 per-bin sums it was computed from."""
-
-    radial: np.ndarray
-    intensity: np.ndarray
-    sigma: np.ndarray | None
-    unit: str
-    sum_signal: np.ndarray
-    sum_variance: np.ndarray | None
-    sum_normalization: np.ndarray
-    sum_normalization2: np.ndarray
-    count: np.ndarray
-    method: tuple[str, str]
-    engine: str
-    extra: dict = field(default_factory=dict)
 
 
 def _identity(arr: np.ndarray | None):
