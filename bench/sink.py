@@ -22,6 +22,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
 from pathlib import Path
@@ -65,35 +66,32 @@ def _h5py_file(folder: Path, parts: int, count: int, filters: dict, fixed: bool)
     return path, f, dsets
 
 
-def run_direct_chunks(folder: Path, chunks: list, count: int) -> None:
-    """Append pre-compressed chunks the way a hand-written h5py writer would."""
-    path, f, dsets = _h5py_file(folder, len(chunks[0]), 0,
-                                dict(hdf5plugin.Bitshuffle(cname="lz4")), fixed=False)
-    for i in range(count):
-        for dset, chunk in zip(dsets, chunks[i % POOL], strict=True):
+def _append_direct_chunks(folder: Path, parts: int, frames_chunks: Iterable[list]) -> None:
+    """Append each frame's bslz4 chunks the way a hand-written h5py writer would."""
+    path, f, dsets = _h5py_file(folder, parts, 0, dict(hdf5plugin.Bitshuffle(cname="lz4")),
+                                fixed=False)
+    for i, chunks in enumerate(frames_chunks):
+        for dset, chunk in zip(dsets, chunks, strict=True):
             dset.resize(i + 1, axis=0)
             dset.id.write_direct_chunk((i, 0, 0), chunk)
     f.close()
     fsync_path(path)
 
 
+def run_direct_chunks(folder: Path, chunks: list, count: int) -> None:
+    """Chunks compressed beforehand: what writing alone reaches."""
+    _append_direct_chunks(folder, len(chunks[0]), (chunks[i % POOL] for i in range(count)))
+
+
 def run_compress_then_direct_chunks(folder: Path, frames: list, count: int,
                                     threads: int) -> None:
-    """The same with compression on the cores available: a hand-written h5py writer that
-    compresses in a thread pool and writes each frame's chunks as they come (pool.map keeps
-    the order, so compressing frame i+1 overlaps writing frame i)."""
-    path, f, dsets = _h5py_file(folder, len(frames[0]), 0,
-                                dict(hdf5plugin.Bitshuffle(cname="lz4")), fixed=False)
+    """The same with compression on the cores available: chunks compressed in a thread pool
+    and written as they come (pool.map keeps the order, so compressing frame i+1 overlaps
+    writing frame i)."""
     with ThreadPoolExecutor(threads) as pool:
-        compressed = pool.map(
+        _append_direct_chunks(folder, len(frames[0]), pool.map(
             lambda i: [encode_chunk(p, Compression.BSLZ4) for p in frames[i % POOL]],
-            range(count))
-        for i, frame_chunks in enumerate(compressed):
-            for dset, chunk in zip(dsets, frame_chunks, strict=True):
-                dset.resize(i + 1, axis=0)
-                dset.id.write_direct_chunk((i, 0, 0), chunk)
-    f.close()
-    fsync_path(path)
+            range(count)))
 
 
 def run_plain_h5py(folder: Path, frames: list, count: int) -> None:
