@@ -24,6 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,9 +222,13 @@ class StreamWriter:
         self._closed = False
         self._submit_lock = threading.Lock()
         self._counter_lock = threading.Lock()
-        self._pending = threading.BoundedSemaphore(self.settings.max_pending)
+        # Room for frames in flight, one token each (a SimpleQueue: C-level, cheaper per frame
+        # than a Semaphore built on a Condition)
+        self._room: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.settings.max_pending):
+            self._room.put(None)
         self._last_result: Future | None = None
-        self._jobs: queue.Queue = queue.Queue()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._pool = (None if self.compression is Compression.NONE else
                       ThreadPoolExecutor(self.settings.threads, "asapo-sink-compress"))
         # a quarter of the frames in flight per append: the rest keep the pool busy meanwhile
@@ -288,20 +293,26 @@ class StreamWriter:
         Raises ``AsapoLocalIOError`` once the writer stopped after a write error.
         """
         parts = self._checked_parts(message_id, data)
-        if not self._pending.acquire(timeout=timeout):
+        try:
+            self._room.get(timeout=timeout)
+        except queue.Empty:
             raise AsapoTimeoutError(
                 f"sink writer of {self.folder} has {self.settings.max_pending} frames in "
                 f"flight and stored none for {timeout} s; the disk is slower than the stream"
-            )
+            ) from None
         job = _Job(int(message_id), time.time_ns() if timestamp_ns is None else int(timestamp_ns),
                    parts, release)
         with self._submit_lock:
             if self._closed or self._error is not None:
-                self._pending.release()
+                self._room.put(None)
                 self._raise_unusable()
-            self._count(frames_submitted=1, bytes_submitted=sum(p.nbytes for p in parts))
+            nbytes = sum(p.nbytes for p in parts)
+            with self._counter_lock:
+                counters = self.counters
+                counters.frames_submitted += 1
+                counters.bytes_submitted += nbytes
+                counters.compression_jobs_queued += self._pool is not None
             if self._pool is not None:
-                self._count(compression_jobs_queued=1)
                 job.encoded = self._pool.submit(self._encode, job)
             self._last_result = job.result
             self._jobs.put(job)
@@ -315,6 +326,10 @@ class StreamWriter:
     def _checked_parts(self, message_id: int, data: FrameData) -> list[np.ndarray]:
         if int(message_id) < 1:
             raise AsapoWrongInputError(f"message ids start at 1, got {message_id}")
+        fmt = self._format  # the common case first: one array of the writer's format
+        if (fmt is not None and fmt.parts == 1 and type(data) is np.ndarray
+                and data.shape == fmt.frame_shape and data.dtype == fmt.dtype):
+            return [data]
         if isinstance(data, np.ndarray):
             parts = [data]
         elif isinstance(data, Sequence) and data and all(isinstance(p, np.ndarray) for p in data):
@@ -358,7 +373,8 @@ class StreamWriter:
                     for p in job.parts]
         finally:
             self._release(job)
-            self._count(compression_jobs_queued=-1)
+            with self._counter_lock:
+                self.counters.compression_jobs_queued -= 1
 
     def _release(self, job: _Job) -> None:
         job.parts = None  # drop our references to the caller's buffers
@@ -441,6 +457,8 @@ class StreamWriter:
         return n
 
     def _chunks_of(self, segment: list[_Job]) -> tuple[list[_Job], list[list]]:
+        # one wake-up when the whole segment is compressed, not one per frame
+        futures.wait([job.encoded for job in segment if job.encoded is not None])
         jobs, chunks = [], []
         for job in segment:
             if job.encoded is None:
@@ -463,7 +481,8 @@ class StreamWriter:
         for index, job in enumerate(jobs, start=first):
             job.result.set_result(
                 FrameLocation(job.message_id, path, data_file.dataset_paths, index))
-            self._pending.release()
+        for _ in jobs:
+            self._room.put(None)
         if jobs:
             self.last_message_id = jobs[-1].message_id
 
@@ -472,7 +491,7 @@ class StreamWriter:
         self._count(frames_failed=1)
         if not job.result.done():
             job.result.set_exception(error)
-        self._pending.release()
+        self._room.put(None)
 
     def _stop_with(self, error: AsapoLocalIOError) -> None:
         with self._submit_lock:
