@@ -135,7 +135,7 @@ def encode_chunk(frame: np.ndarray, compression: Compression, level: int = 3):
         block = _bslz4_block_elements(frame.itemsize)
         blocks = bitshuffle.compress_lz4(frame.reshape(-1), block)
         header = frame.nbytes.to_bytes(8, "big") + (block * frame.itemsize).to_bytes(4, "big")
-        return header + blocks.tobytes()
+        return b"".join((header, blocks))  # one copy (header + tobytes() made two)
     return _zstd_compressor(level).compress(frame)
 
 
