@@ -21,6 +21,7 @@ struct ahrpy_ctx {
     struct ahr_ring *ring;
     uint32_t member;
     int64_t timeout_ns;
+    struct ahr_msg *msg;    /* a consumer's message buffer, for ahrpy_next */
 };
 
 static int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_t data_len,
@@ -37,21 +38,40 @@ static int ahrpy_send_bare(const struct ahrpy_ctx *c, const char *data, uint64_t
     return ahr_send(c->ring, c->member, data, &pub, 0, 0, 0, 0, c->timeout_ns, 0);
 }
 
-static int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t timeout_ns,
-                          struct ahr_msg *out)
-{
-    return ahr_get_next(c->ring, group, c->member, timeout_ns, out);
-}
-
 /* get_next that first acknowledges the member's previous message of the group (`prev`,
  * or UINT64_MAX for none): one crossing per message. Returns get_next's result, or 1 when
  * a message came but the acknowledgement failed (its lease had expired). */
+static int ahrpy_send_batch(const struct ahrpy_ctx *c, const void *data, uint64_t each_len,
+                            uint32_t n, uint64_t first_id, uint32_t stream)
+{
+    return ahr_send_batch(c->ring, c->member, data, each_len, n, first_id, stream,
+                          c->timeout_ns);
+}
+
 static int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev,
                               int64_t timeout_ns, struct ahr_msg *out)
 {
     int ack = prev == UINT64_MAX ? 0 : ahr_ack(c->ring, group, c->member, prev);
     int rc = ahr_get_next(c->ring, group, c->member, timeout_ns, out);
     return rc == 0 && ack ? 1 : rc;
+}
+
+/* get_next_batch and the batch's shape in one crossing: Python reads a few fields instead
+ * of every descriptor. Returns the count, or a negative errno (shape then untouched). */
+static int ahrpy_get_batch(const struct ahrpy_ctx *c, uint32_t group, uint32_t n,
+                           int64_t timeout_ns, struct ahr_msg *out, struct ahr_batch_shape *shape)
+{
+    int got = ahr_get_next_batch(c->ring, group, c->member, n, timeout_ns, out);
+    if (got > 0)
+        ahr_batch_shape(c->ring, out, (uint32_t)got, shape);
+    return got;
+}
+
+/* ahrpy_get_next_ack with the context's timeout and message buffer: three arguments, the
+ * fewest for a consumer's one-message call (prev = UINT64_MAX: acknowledge nothing). */
+static int ahrpy_next(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev)
+{
+    return ahrpy_get_next_ack(c, group, prev, c->timeout_ns, c->msg);
 }
 
 static int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq)

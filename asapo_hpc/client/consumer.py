@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import string
+import struct
+from pickle import PickleBuffer
 from typing import Any, NoReturn
 
 import numpy as np
@@ -14,7 +17,6 @@ from asapo_hpc.client import disk
 from asapo_hpc.client._common import StreamTable, open_segment
 from asapo_hpc.client.disk_groups import DISK_GROUP, DiskGroups
 from asapo_hpc.client.message import (
-    MSG_DTYPE,
     MSG_FIELDS,
     MSG_SIZE,
     NO_NEXT_STREAM,
@@ -43,6 +45,16 @@ log = logging.getLogger("asapo_hpc.consumer")
 _NOT_CLAIMED = 0xFFFFFFFF  # group handle of get_last / get_by_id copies: no group has it
 _GROUP_ID_CHARS = string.ascii_lowercase + string.digits
 _FOREVER_NS = 10 * 365 * 24 * 3600 * 10**9  # "never resend": ten years
+_SHAPE = struct.Struct("<QIII4x")  # struct ahr_batch_shape: data_len, first_slot, step, flags
+_SLOT_VIEWS_MAX = 16384  # rings with more slots make no per-slot view tables (memory)
+_SLOT_VIEW_LENGTHS = 4  # tables kept at once, one per message length
+_alloc_msgs = ffi.new_allocator(should_clear_after_alloc=False)  # C fills what is read
+
+
+@functools.cache  # n <= prefetch: a few entries
+def _seqs_struct(n: int) -> struct.Struct:
+    """n sequences as C uint64_t[n]."""
+    return struct.Struct(f"={n}Q")
 
 
 def generate_group_id() -> str:
@@ -92,8 +104,17 @@ class Consumer(ConsumerStreams):
         self._ctx = ffi.new("struct ahrpy_ctx *")
         self._ctx.ring, self._ctx.member = self._ptr, self._member
         self._msg_buf = ffi.new("struct ahr_msg *")
+        self._ctx.msg = self._msg_buf
         self._msg_bytes = memoryview(ffi.buffer(self._msg_buf))
         self._batch_capacity = int(batch_capacity)
+        self._shape = ffi.new("struct ahr_batch_shape *")
+        self._shape_bytes = memoryview(ffi.buffer(self._shape))
+        # per message length: a view of every slot's first `length` bytes, made once and
+        # handed out by MessageBatch.buffers() for batches whose shape allows it
+        self._views: dict[int, list[memoryview]] = {}
+        self._view_pins: dict[int, list[PickleBuffer]] = {}
+        self._views_wanted: int | None = None
+        self._slots_offset: int | None = None
         # auto_ack: asking a group for more acknowledges what this member got from it last
         # (ASAPO's default needs no acks). Still at-least-once: a member that dies while
         # working on a message never asked for the next, so the message is redelivered.
@@ -122,6 +143,7 @@ class Consumer(ConsumerStreams):
             self._prefetch_buf = ffi.new("struct ahr_msg[]", prefetch)
             self._prefetch_bytes = memoryview(ffi.buffer(self._prefetch_buf))
             self._ack_seqs = ffi.new("uint64_t[]", prefetch)
+            self._ack_bytes = memoryview(ffi.buffer(self._ack_seqs))
 
     # -- groups and streams ---------------------------------------------------------------
 
@@ -188,14 +210,16 @@ class Consumer(ConsumerStreams):
             f = (self._queued.get(handle) or
                  self._refill(handle, group_id, stream, timeout_ms)).pop()
         else:  # one C call (auto_ack: acknowledging what this member holds in the same call)
-            timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
+            prev = _NO_SEQ
             if self.auto_ack:
                 if self._held_batch:
                     self._ack_held(handle, single=False)
                 prev = self._held.pop(handle, _NO_SEQ)
-                rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, timeout, self._msg_buf)
+            if timeout_ms is None:  # the context's timeout and buffer: fewest arguments
+                rc = lib.ahrpy_next(self._ctx, handle, prev)
             else:
-                rc = lib.ahrpy_get_next(self._ctx, handle, timeout, self._msg_buf)
+                rc = lib.ahrpy_get_next_ack(self._ctx, handle, prev, int(timeout_ms * 1e6),
+                                            self._msg_buf)
             if rc:
                 if rc != 1:
                     self._no_message(rc, group_id, stream)
@@ -251,7 +275,7 @@ class Consumer(ConsumerStreams):
         if not acks:
             return
         n = len(acks)
-        self._ack_seqs[0:n] = acks
+        _seqs_struct(n).pack_into(self._ack_bytes, 0, *acks)  # 3x faster than a cffi slice
         acks.clear()
         done = lib.ahr_ack_batch(self._ptr, handle, self._member, self._ack_seqs, n)
         if done == _ENOENT:  # the group was retired (its stream ended): nothing to free
@@ -311,20 +335,52 @@ class Consumer(ConsumerStreams):
         timeout = self.timeout_ns if timeout_ms is None else int(timeout_ms * 1e6)
         if self.auto_ack:
             self._ack_held(handle)
-        buf = ffi.new("struct ahr_msg[]", n)  # owned by the batch: acks read it later
+        buf = _alloc_msgs("struct ahr_msg[]", n)  # owned by the batch: acks read it later
         if self._queued.get(handle):  # prefetched by get_next: those come first, in order
             got = self._take_queued(handle, buf, n)
-        else:
-            got = lib.ahr_get_next_batch(self._ptr, handle, self._member, n, timeout, buf)
-        if got < 0:
-            self._no_message(got, group_id, stream)
-        records = np.frombuffer(ffi.buffer(buf, got * MSG_SIZE), dtype=MSG_DTYPE)
-        batch = MessageBatch(self, handle, buf, records)
-        if records["flags"].any():  # a finish marker: rare, so the slow path
-            batch = self._batch_with_markers(batch, group_id, stream)
+            lib.ahr_batch_shape(self._ptr, buf, got, self._shape)
+        else:  # claim and describe the batch in one crossing
+            got = lib.ahrpy_get_batch(self._ctx, handle, n, timeout, buf, self._shape)
+            if got < 0:
+                self._no_message(got, group_id, stream)
+        batch = self._new_batch(handle, buf, got)
+        if batch is None:  # a finish marker: rare, so the slow path
+            batch = self._batch_with_markers(handle, buf, got, group_id, stream)
         if self.auto_ack:
             self._held_batch[handle] = batch
         return batch
+
+    def _new_batch(self, handle: int, buf, got: int) -> MessageBatch | None:
+        """A MessageBatch of the `got` descriptors in buf as self._shape describes them;
+        None if a finish marker is among them."""
+        data_len, first, step, flags = _SHAPE.unpack_from(self._shape_bytes)
+        if flags & 1:
+            return None
+        return MessageBatch(self, handle, buf, got, (first, step, data_len) if step else None)
+
+    def _slot_views(self, batch: MessageBatch) -> list[memoryview] | None:
+        """The per-slot view table for the length of `batch`'s run (made the second time a
+        length is asked for, so a one-off length costs no table), or None."""
+        length = batch._run[2]
+        views = self._views.get(length)
+        if views is not None:
+            return views
+        slots, size = self._segment.config["slot_count"], self._segment.config["slot_size"]
+        if self._views_wanted != length or slots > _SLOT_VIEWS_MAX:
+            self._views_wanted = length
+            return None
+        if self._slots_offset is None:  # the ring's slot area, from where this batch lies
+            self._slots_offset = batch._buf[0].data_offset - batch._run[0] * size
+        if len(self._views) >= _SLOT_VIEW_LENGTHS:
+            self._views.clear()
+            self._view_pins.clear()
+        buffer, start = self._buffer, self._slots_offset
+        views = [buffer[a:a + length] for a in range(start, start + slots * size, size)]
+        # an export of each pins it: release() (a `with` block) on a view that is handed
+        # out again raises BufferError instead of breaking later messages
+        self._views[length] = views
+        self._view_pins[length] = [PickleBuffer(v) for v in views]
+        return views
 
     def _take_queued(self, handle: int, buf, n: int) -> int:
         queue = self._queued[handle]
@@ -338,29 +394,30 @@ class Consumer(ConsumerStreams):
         """auto_ack: acknowledge the batch (and the single message) held from the group."""
         batch = self._held_batch.pop(handle, None)
         if batch is not None:
-            lib.ahrpy_ack_msgs(self._ctx, handle, batch._buf, len(batch))
+            lib.ahrpy_ack_msgs(self._ctx, handle, batch._buf, batch._n)
         prev = self._held.pop(handle, None) if single else None
         if prev is not None and lib.ahrpy_ack(self._ctx, handle, prev) == _ESTALE:
             self._warn_auto_ack(prev)
 
-    def _batch_with_markers(self, batch: MessageBatch, group_id: str,
+    def _batch_with_markers(self, handle: int, buf, got: int, group_id: str,
                             stream: str | None) -> MessageBatch:
         """Keep the ordinary messages; a marker alone ends the stream, else it stays
         claimed by this member and is told on its next call (no redelivery, no attempt)."""
-        records = batch._records
-        is_marker = (records["flags"] & 1).astype(bool)
-        markers = [batch[i] for i in np.flatnonzero(is_marker)]
-        told_now = markers[0] if is_marker.all() else None
+        batch = MessageBatch(self, handle, buf, got)
+        messages = list(batch)
+        markers = [m for m in messages if m._fields[9] & 1]
+        told_now = markers[0] if len(markers) == got else None
         held_back = markers[1:] if told_now is not None else markers
         if held_back:  # never an empty list: _markers_first pops from what is here
-            self._pending_finish.setdefault(batch._group, []).extend(held_back)
+            self._pending_finish.setdefault(handle, []).extend(held_back)
         if told_now is not None:
             self._finish(told_now, group_id, stream)
-        keep = np.flatnonzero(~is_marker)
-        buf = ffi.new("struct ahr_msg[]", len(keep))
-        kept = np.frombuffer(ffi.buffer(buf), dtype=MSG_DTYPE)
-        kept[:] = records[keep]
-        return MessageBatch(self, batch._group, buf, kept)
+        keep = [i for i, m in enumerate(messages) if not m._fields[9] & 1]
+        kept = ffi.new("struct ahr_msg[]", len(keep))
+        for j, i in enumerate(keep):
+            kept[j] = buf[i]
+        lib.ahr_batch_shape(self._ptr, kept, len(keep), self._shape)
+        return self._new_batch(handle, kept, len(keep))
 
     def _finish(self, marker: Message, group_id: str, stream: str | None) -> None:
         if self._acks:  # prefetch: the gathered acknowledgements go before the group may end
@@ -460,8 +517,13 @@ class Consumer(ConsumerStreams):
                 del self._held_markers[handle]
         if self._held and self._held.get(handle) == seq:
             del self._held[handle]
-        if self.prefetch > 1 and handle != DISK_GROUP:
-            self._defer_ack(handle, seq)
+        if self.prefetch > 1 and handle != DISK_GROUP:  # _defer_ack, inline (hot path)
+            acks = self._acks.get(handle)
+            if acks is None:
+                acks = self._acks[handle] = []
+            acks.append(seq)
+            if len(acks) >= self.prefetch or not self._queued.get(handle):
+                self._flush_acks(handle)
             return
         rc = lib.ahrpy_ack(self._ctx, handle, seq)
         if rc:
@@ -475,7 +537,7 @@ class Consumer(ConsumerStreams):
             if self._held_batch.get(messages._group) is messages:
                 del self._held_batch[messages._group]
             done = lib.ahrpy_ack_msgs(self._ctx, messages._group, messages._buf,
-                                      len(messages))
+                                      messages._n)
             return check(done, "acknowledge_batch")
         if not messages:
             return 0
@@ -583,6 +645,15 @@ class Consumer(ConsumerStreams):
         return self._segment.group_stats(self._group(group_id, stream))
 
     @property
+    def timeout_ns(self) -> int:
+        """How long get_next / get_next_batch wait for a message when not told, in ns."""
+        return self._ctx.timeout_ns
+
+    @timeout_ns.setter
+    def timeout_ns(self, value: int) -> None:
+        self._ctx.timeout_ns = int(value)
+
+    @property
     def segment(self) -> Segment:
         return self._segment
 
@@ -600,6 +671,8 @@ class Consumer(ConsumerStreams):
             self._close_streams()
             self._segment.leave(self._member)
             self._segment.close()
+            self._views.clear()  # they keep the mapping alive
+            self._view_pins.clear()
 
     def __enter__(self) -> Consumer:
         return self

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from asapo_hpc._core import ffi
 from asapo_hpc.errors import AsapoCorruptSegmentError
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 # Field order of struct ahr_msg (csrc/include/asapo_hpc/ring.h): 6 x u64, 8 x u32.
 MSG_FIELDS = struct.Struct("<6Q8I")
 MSG_SIZE = MSG_FIELDS.size
+MSG_WORDS = MSG_SIZE // 8  # a descriptor as 64-bit words: seq, id, data_offset, data_len, ...
 MSG_DTYPE = np.dtype([(name, "<u8") for name in ("seq", "id", "data_offset", "data_len",
                                                  "name_offset", "timestamp_ns")] +
                      [(name, "<u4") for name in ("name_len", "meta_len", "stream", "flags",
@@ -211,54 +213,74 @@ class MessageList(list):
 class MessageBatch(Sequence):
     """Messages claimed in one call (``Consumer.get_next_batch``).
 
-    A sequence of Message objects, made only when indexed or iterated. ``arrays()`` gives
-    just the data views (no copy), cheaper per message; ``ids`` the message ids. Hand the
-    whole batch to ``Consumer.acknowledge_batch``: it acknowledges straight from the
-    descriptors the batch owns.
+    A sequence of Message objects, made only when indexed or iterated. ``buffers()`` and
+    ``arrays()`` give just the data views (no copy), cheaper per message; ``ids`` the
+    message ids. Hand the whole batch to ``Consumer.acknowledge_batch``: it acknowledges
+    straight from the descriptors the batch owns.
     """
 
-    __slots__ = ("_consumer", "_group", "_buf", "_records")
+    __slots__ = ("_consumer", "_group", "_buf", "_n", "_run")
 
-    def __init__(self, consumer: Consumer, group: int, buf, records: np.ndarray):
+    def __init__(self, consumer: Consumer, group: int, buf, n: int,
+                 run: tuple[int, int, int] | None = None):
         self._consumer = consumer
         self._group = group
         self._buf = buf  # the struct ahr_msg[] these messages were claimed into
-        self._records = records  # numpy view of the same descriptors
+        self._n = n
+        # (first slot, slot step, data length) when the messages lie at equal steps in one
+        # lap of the ring with one length (ahr_batch_shape): their views then come from the
+        # consumer's per-slot table, a list slice instead of a view made per message
+        self._run = run
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._n
+
+    def _words(self) -> memoryview:
+        """The descriptors as 64-bit words, MSG_WORDS per message."""
+        return memoryview(ffi.buffer(self._buf, self._n * MSG_SIZE)).cast("Q")
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        n = len(self._records)
+            return [self[k] for k in range(*i.indices(self._n))]
+        n = self._n
         if i < 0:
             i += n
         if not 0 <= i < n:
             raise IndexError("batch index out of range")
         msg = object.__new__(self._consumer._msg_class[self._group])
-        msg._fields = MSG_FIELDS.unpack_from(self._records, i * MSG_SIZE)
+        msg._fields = MSG_FIELDS.unpack_from(ffi.buffer(self._buf, n * MSG_SIZE), i * MSG_SIZE)
         return msg
 
     def __iter__(self):
-        unpack, new = MSG_FIELDS.unpack_from, object.__new__
+        new = object.__new__
         cls = self._consumer._msg_class[self._group]
-        records = self._records
-        for i in range(len(records)):
+        for fields in MSG_FIELDS.iter_unpack(ffi.buffer(self._buf, self._n * MSG_SIZE)):
             msg = new(cls)
-            msg._fields = unpack(records, i * MSG_SIZE)
+            msg._fields = fields
             yield msg
 
     @property
     def ids(self) -> list[int]:
-        return self._records["id"].tolist()
+        return self._words()[1::MSG_WORDS].tolist()
 
     def _spans(self) -> zip:
-        starts = self._records["data_offset"]
-        return zip(starts.tolist(), (starts + self._records["data_len"]).tolist(), strict=True)
+        words = self._words()
+        starts = words[2::MSG_WORDS].tolist()
+        return zip(starts, map(int.__add__, starts, words[3::MSG_WORDS].tolist()), strict=True)
 
     def buffers(self) -> list[memoryview]:
-        """Each message's bytes as a read-only memoryview into shared memory, no copy."""
+        """Each message's bytes as a read-only memoryview into shared memory, no copy.
+
+        For a batch of equal-sized messages in consecutive slots (the usual case) the views
+        are made once per slot and handed out again for later messages in the same slot:
+        valid, like every view, until the message is acknowledged; they cannot be
+        ``release()``d (nor used as a ``with`` context)."""
+        run = self._run
+        if run is not None:
+            views = self._consumer._slot_views(self)
+            if views is not None:
+                first, step = run[0], run[1]
+                return views[first:first + self._n * step:step]
         buffer = self._consumer._buffer
         return [buffer[a:b] for a, b in self._spans()]
 

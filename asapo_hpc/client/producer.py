@@ -258,12 +258,15 @@ class Producer(ProducerStreams):
         first_id .. first_id + n - 1, no metadata: one call into C for all of them."""
         if not isinstance(data, np.ndarray) or data.ndim < 1:
             raise AsapoWrongInputError("send_batch takes a numpy array of shape (n, ...)")
-        first_id = _check_id(first_id)
+        if type(first_id) is not int or first_id <= 0:
+            first_id = _check_id(first_id)
+        stream_idx = self._stream_index.get(stream)
+        if stream_idx is None:
+            stream_idx = self._streams.index(stream)
         buf = _readable_buffer(data)
         n = data.shape[0]
         each = data.nbytes // n if n else 0
-        done = lib.ahr_send_batch(self._segment.ptr, self._member, buf, each, n, first_id,
-                                  self._streams.index(stream), self.timeout_ns)
+        done = lib.ahrpy_send_batch(self._ctx, buf, each, n, first_id, stream_idx)
         check(done, f"send_batch of {n} messages of {each} bytes")
         if done < n:
             raise AsapoRingFullError(

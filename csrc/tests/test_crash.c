@@ -7,7 +7,8 @@
  *      (the child fakes that state through layout.h and kills itself), then a producer
  *      killed at random moments, many times, with the invariants checked after each:
  *      every message intact, ids increasing, at most the killed one's message missing,
- *      floor == next == head after draining, dead member entries reused;
+ *      floor == next == head after draining, dead member entries reused; the same for
+ *      a producer killed in ahr_send_batch (at most its run in flight missing);
  *  (d) a member whose pid looks alive but whose start time differs (a recycled pid) is
  *      treated as dead: its claims are redelivered and its entry reused.
  */
@@ -71,7 +72,8 @@ static pid_t spawn(void)
 }
 
 static uint8_t pattern(uint64_t id, uint64_t i) { return (uint8_t)(id * 11 + i); }
-static uint64_t len_of(uint64_t id) { return 1 + (id * 29) % 300; } /* 1..3 slots */
+/* 1..3 slots; the same for runs of four ids, so they can go in one ahr_send_batch */
+static uint64_t len_of(uint64_t id) { return 1 + ((id / 4) * 29) % 300; }
 
 static int send_id(struct ahr_ring *r, int m, uint32_t s, uint64_t id)
 {
@@ -224,6 +226,86 @@ static void test_producer_killed_reserved(void)
     ahr_detach(r);
 }
 
+/* Fork a producer of stream s (ahr_reserve/ahr_commit one by one, or ahr_send_batch of
+ * runs of four ids), let the consumer take a random number of messages, SIGKILL the
+ * producer, drain, and check that a live producer can go on at once; `iterations` times. */
+static void kill_producers(struct ahr_ring *r, const char *name, int s, int g, int cons,
+                           int prod, int iterations, int batch, uint64_t *last,
+                           uint64_t *gaps, uint64_t *kills, uint64_t *delivered)
+{
+    uint64_t rng = 12345, gaps0 = *gaps, kills0 = *kills;
+    /* ids lost per kill: the message in flight; for batches the run in flight (four ids)
+     * and the id drawn for the next run */
+    uint64_t max_lost = batch ? 5 : 1;
+    for (int it = 0; it < iterations; it++) {
+        pid_t pid = spawn();
+        if (pid == 0) {
+            struct ahr_ring *cr;
+            CCHECK(ahr_attach(name, &cr) == 0);
+            int m = ahr_join(cr, AHR_ROLE_PRODUCER);
+            CCHECK(m >= 0);
+            uint8_t buf[4 * 512];
+            for (int64_t carry = 0;;) {
+                int64_t id = carry ? carry : ahr_stream_next_id(cr, (uint32_t)s);
+                carry = 0;
+                CCHECK(id > 0);
+                uint64_t len = len_of((uint64_t)id);
+                for (uint64_t i = 0; i < len; i++)
+                    buf[i] = pattern((uint64_t)id, i);
+                if (batch) { /* the ids that follow with the same length, in one call */
+                    uint32_t k = 1;
+                    for (; k < 4; k++) {
+                        int64_t more = ahr_stream_next_id(cr, (uint32_t)s);
+                        CCHECK(more > 0);
+                        if (len_of((uint64_t)more) != len) {
+                            carry = more; /* the next run starts with it */
+                            break;
+                        }
+                        for (uint64_t i = 0; i < len; i++)
+                            buf[k * len + i] = pattern((uint64_t)more, i);
+                    }
+                    CCHECK(ahr_send_batch(cr, (uint32_t)m, buf, len, k, (uint64_t)id,
+                                          (uint32_t)s, -1) == (int)k);
+                    continue;
+                }
+                struct ahr_reservation res;
+                CCHECK(ahr_reserve(cr, (uint32_t)m, len, 0, -1, &res) == 0);
+                memcpy((char *)ahr_base(cr) + res.data_offset, buf, len);
+                struct ahr_pub pub = make_pub((uint32_t)s, (uint64_t)id, len);
+                CCHECK(ahr_commit(cr, &res, &pub, NULL, 0, NULL, 0) == 0);
+            }
+        }
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t take = (uint32_t)(rng >> 33) % 40; /* consume a while, then kill */
+        for (uint32_t i = 0; i < take; i++) {
+            struct ahr_msg msg;
+            int rc = ahr_get_next(r, (uint32_t)g, (uint32_t)cons, SEC / 100, &msg);
+            if (rc == -EAGAIN)
+                continue;
+            CHECK_RC(rc, 0);
+            check_msg(r, &msg);
+            if (msg.id <= *last)
+                fprintf(stderr, "it %d: id %" PRIu64 " after %" PRIu64 ", seq %" PRIu64
+                        " attempts %u\n", it, msg.id, *last, msg.seq, msg.attempts);
+            CHECK(msg.id > *last);
+            *gaps += msg.id - *last - 1;
+            *last = msg.id;
+            CHECK_RC(ahr_ack(r, (uint32_t)g, (uint32_t)cons, msg.seq), 0);
+            (*delivered)++;
+        }
+        kill_child(pid);
+        (*kills)++;
+        *delivered += drain(r, g, cons, last, gaps);
+        CHECK(*gaps - gaps0 <= max_lost * (*kills - kills0));
+        /* the ring is usable by a live producer at once */
+        int64_t id = ahr_stream_next_id(r, (uint32_t)s);
+        CHECK(id > 0);
+        CHECK_RC(send_id(r, prod, (uint32_t)s, (uint64_t)id), 0);
+        *delivered += drain(r, g, cons, last, gaps);
+        CHECK(*last == (uint64_t)id);
+    }
+}
+
 static void test_producer_killed_after_head(void)
 {
     struct ahr_ring *r = new_ring("c", 16, 6);
@@ -259,61 +341,12 @@ static void test_producer_killed_after_head(void)
 
     /* 2. a producer killed at random moments; only 6 member entries, so the dead ones'
      * entries must be reused */
-    uint64_t rng = 12345, kills = 0, delivered = 1;
+    uint64_t kills = 0, delivered = 1;
     int iterations = 40;
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     iterations = 25;
 #endif
-    for (int it = 0; it < iterations; it++) {
-        pid = spawn();
-        if (pid == 0) {
-            struct ahr_ring *cr;
-            CCHECK(ahr_attach(name, &cr) == 0);
-            int m = ahr_join(cr, AHR_ROLE_PRODUCER);
-            CCHECK(m >= 0);
-            uint8_t buf[512];
-            for (uint64_t n = 0;; n++) {
-                int64_t id = ahr_stream_next_id(cr, (uint32_t)s);
-                CCHECK(id > 0);
-                uint64_t len = len_of((uint64_t)id);
-                struct ahr_reservation res;
-                CCHECK(ahr_reserve(cr, (uint32_t)m, len, 0, -1, &res) == 0);
-                for (uint64_t i = 0; i < len; i++)
-                    buf[i] = pattern((uint64_t)id, i);
-                memcpy((char *)ahr_base(cr) + res.data_offset, buf, len);
-                struct ahr_pub pub = make_pub((uint32_t)s, (uint64_t)id, len);
-                CCHECK(ahr_commit(cr, &res, &pub, NULL, 0, NULL, 0) == 0);
-            }
-        }
-        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-        uint32_t take = (uint32_t)(rng >> 33) % 40; /* consume a while, then kill */
-        for (uint32_t i = 0; i < take; i++) {
-            struct ahr_msg msg;
-            int rc = ahr_get_next(r, (uint32_t)g, (uint32_t)cons, SEC / 100, &msg);
-            if (rc == -EAGAIN)
-                continue;
-            CHECK_RC(rc, 0);
-            check_msg(r, &msg);
-            if (msg.id <= last)
-                fprintf(stderr, "it %d: id %" PRIu64 " after %" PRIu64 ", seq %" PRIu64
-                        " attempts %u\n", it, msg.id, last, msg.seq, msg.attempts);
-            CHECK(msg.id > last);
-            gaps += msg.id - last - 1;
-            last = msg.id;
-            CHECK_RC(ahr_ack(r, (uint32_t)g, (uint32_t)cons, msg.seq), 0);
-            delivered++;
-        }
-        kill_child(pid);
-        kills++;
-        delivered += drain(r, g, cons, &last, &gaps);
-        CHECK(gaps <= kills); /* at most the message in flight at each kill */
-        /* the ring is usable by a live producer at once */
-        int64_t id = ahr_stream_next_id(r, (uint32_t)s);
-        CHECK(id > 0);
-        CHECK_RC(send_id(r, prod, (uint32_t)s, (uint64_t)id), 0);
-        delivered += drain(r, g, cons, &last, &gaps);
-        CHECK(last == (uint64_t)id);
-    }
+    kill_producers(r, name, s, g, cons, prod, iterations, 0, &last, &gaps, &kills, &delivered);
     struct ahr_ring_stats rs;
     CHECK_RC(ahr_ring_stats(r, &rs), 0);
     /* 60 children joined through 6 entries: the dead ones' entries were reused (the
@@ -322,6 +355,17 @@ static void test_producer_killed_after_head(void)
     CHECK(delivered > (uint64_t)iterations);
     printf("  (c) %" PRIu64 " kills, %" PRIu64 " delivered, %" PRIu64 " lost in flight\n",
            kills, delivered, gaps);
+
+    /* 3. the same with ahr_send_batch */
+    uint64_t gaps_before = gaps, kills_before = kills, delivered_before = delivered;
+    kill_producers(r, name, s, g, cons, prod, iterations, 1, &last, &gaps, &kills,
+                   &delivered);
+    CHECK(delivered - delivered_before > (uint64_t)iterations);
+    CHECK_RC(ahr_ring_stats(r, &rs), 0);
+    CHECK(rs.members >= 2 && rs.members <= 6);
+    printf("  (c) send_batch: %" PRIu64 " kills, %" PRIu64 " delivered, %" PRIu64
+           " lost in flight\n", kills - kills_before, delivered - delivered_before,
+           gaps - gaps_before);
     ahr_detach(r);
 }
 

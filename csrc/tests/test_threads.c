@@ -2,11 +2,12 @@
  * Exactly once per group under concurrency: N producer threads x M consumer threads per
  * group x 2 groups share one ring handle for a bounded time (AHR_TEST_SECONDS, default 2;
  * 1 under ThreadSanitizer). Producers take ids from the shared auto-id counter and mix
- * ahr_send, reserve/commit and reserve/abort over a small ring, so it wraps and fills all
- * the time; consumers mix single and batch calls and now and then nack a message (it must
- * come back, attempts > 1). Per group, a bitmap of first deliveries and one of
- * acknowledgements: a bit set twice fails the test; at the end every published id must be
- * acknowledged exactly once in each group, and the floors must reach the head.
+ * ahr_send, ahr_send_batch (runs of consecutive ids), reserve/commit and reserve/abort over
+ * a small ring, so it wraps and fills all the time; consumers mix single and batch calls
+ * and now and then nack a message (it must come back, attempts > 1). Per group, a bitmap
+ * of first deliveries and one of acknowledgements: a bit set twice fails the test; at the
+ * end every published id must be acknowledged exactly once in each group, and the floors
+ * must reach the head.
  */
 #include "harness.h" /* first: it defines _GNU_SOURCE */
 
@@ -32,7 +33,7 @@
 static struct ahr_ring *ring;
 static uint32_t stream, group[NGROUPS];
 static uint64_t run_ns;
-static _Atomic uint64_t published, producers_done;
+static _Atomic uint64_t published, producers_done, batched;
 static _Atomic uint8_t first_seen[NGROUPS][MAXID + 1], acked[NGROUPS][MAXID + 1];
 static _Atomic uint64_t acked_count[NGROUPS], nacks, redeliveries;
 static _Atomic int failed;
@@ -54,7 +55,39 @@ static uint64_t now_ns(void)
 }
 
 static uint8_t pattern(uint64_t id, uint64_t i) { return (uint8_t)(id * 31 + i); }
-static uint64_t len_of(uint64_t id) { return 8 + (id * 37) % 700; } /* 1..3 slots of 256 */
+/* 1..3 slots of 256; the same for runs of four ids, so they can go in one ahr_send_batch */
+static uint64_t len_of(uint64_t id) { return 8 + ((id / 4) * 37) % 700; }
+
+static void fill_msg_bytes(uint8_t *buf, uint64_t id)
+{
+    memcpy(buf, &id, 8);
+    for (uint64_t i = 8; i < len_of(id); i++)
+        buf[i] = pattern(id, i);
+}
+
+/* ahr_send_batch of a run of consecutive ids of one length, from `first` on: the ids come
+ * one at a time from the shared counter, so the run ends where another producer took one.
+ * Returns how many were published (0 on failure), *next the id drawn but not sent (or 0). */
+static uint64_t send_run(uint32_t m, uint64_t first, uint64_t *next)
+{
+    static _Thread_local uint8_t buf[4 * 1024];
+    uint64_t len = len_of(first), k = 1;
+    fill_msg_bytes(buf, first);
+    *next = 0;
+    while (k < 4) {
+        int64_t id = ahr_stream_next_id(ring, stream);
+        if (id <= 0)
+            return 0;
+        if ((uint64_t)id != first + k || len_of((uint64_t)id) != len || id > MAXID) {
+            *next = (uint64_t)id;
+            break;
+        }
+        fill_msg_bytes(buf + k * len, (uint64_t)id);
+        k++;
+    }
+    int rc = ahr_send_batch(ring, m, buf, len, (uint32_t)k, first, stream, 10000000000ll);
+    return rc == (int)k ? k : 0;
+}
 
 static void *producer(void *arg)
 {
@@ -73,10 +106,20 @@ static void *producer(void *arg)
         TCHECK(id > 0);
         if ((uint64_t)id > MAXID)
             break;
+        if (n % 3 == 0) { /* a batch call */
+            uint64_t next, sent = send_run((uint32_t)m, (uint64_t)id, &next);
+            TCHECK(sent > 0);
+            atomic_fetch_add(&published, sent);
+            if (sent > 1)
+                atomic_fetch_add(&batched, sent);
+            if (next == 0)
+                continue;
+            if (next > MAXID)
+                break;
+            id = (int64_t)next; /* drawn and not sent: it goes alone, below */
+        }
         uint64_t len = len_of((uint64_t)id);
-        memcpy(buf, &id, 8);
-        for (uint64_t i = 8; i < len; i++)
-            buf[i] = pattern((uint64_t)id, i);
+        fill_msg_bytes(buf, (uint64_t)id);
         struct ahr_pub pub = make_pub(stream, (uint64_t)id, len);
         if (n % 2) {
             TCHECK(ahr_send(ring, (uint32_t)m, buf, &pub, "n", 1, "{}", 2, 10000000000ll,
@@ -234,7 +277,8 @@ int main(void)
     CHECK(atomic_load(&redeliveries) == atomic_load(&nacks));
     CHECK(rs.members == 0);
     ahr_detach(ring);
-    printf("test_threads: ok (%" PRIu64 " messages x %d groups, %" PRIu64 " nacks, %.1f s)\n",
-           total, NGROUPS, (uint64_t)atomic_load(&nacks), secs);
+    printf("test_threads: ok (%" PRIu64 " messages x %d groups, %" PRIu64 " in runs of 2..4 "
+           "by ahr_send_batch, %" PRIu64 " nacks, %.1f s)\n",
+           total, NGROUPS, (uint64_t)atomic_load(&batched), (uint64_t)atomic_load(&nacks), secs);
     return 0;
 }

@@ -231,8 +231,10 @@ int ahr_send(struct ahr_ring *ring, uint32_t member, const void *data,
              const char *meta, uint32_t meta_len, int64_t timeout_ns, uint64_t *seq_out);
 
 /* Publish n messages of `each_len` bytes taken one after another from `data`, with ids
- * first_id, first_id + 1, ... in one stream and no name or metadata. Returns how many were
- * published (fewer if the ring stayed full for timeout_ns), or a negative errno. */
+ * first_id, first_id + 1, ... in one stream and no name or metadata. Space is taken in runs
+ * (one move of the head, one wake-up of consumers and one timestamp per run of up to a
+ * quarter of the ring, never across the ring's end). Returns how many were published
+ * (fewer if the ring stayed full for timeout_ns: as many as fit), or a negative errno. */
 int ahr_send_batch(struct ahr_ring *ring, uint32_t member, const void *data,
                    uint64_t each_len, uint32_t n, uint64_t first_id, uint32_t stream,
                    int64_t timeout_ns);
@@ -245,6 +247,25 @@ int ahr_get_next(struct ahr_ring *ring, uint32_t group, uint32_t member, int64_t
 /* Claim up to `n` messages; waits like ahr_get_next for the first only. Returns the count. */
 int ahr_get_next_batch(struct ahr_ring *ring, uint32_t group, uint32_t member, uint32_t n,
                        int64_t timeout_ns, struct ahr_msg *out);
+
+/* What the messages of a batch have in common, for bindings that hand out a view per
+ * message: when they lie `step` slots apart within one lap, with one data length, a
+ * binding can take their views from a table made once per slot (see ahr_batch_shape). */
+struct ahr_batch_shape {
+    uint64_t data_len;      /* the data length of every message, or UINT64_MAX if they differ */
+    uint32_t first_slot;    /* slot of the first message (0 for an empty batch) */
+    uint32_t step;          /* slots from each message to the next, the same for all, with
+                             * every message at its slot's start and none past the ring's end;
+                             * else 0 */
+    uint32_t flags;         /* OR of the messages' flags (AHR_FLAG_FINISH: a marker among them) */
+    uint32_t reserved;      /* 0 */
+};
+
+/* Describe n messages claimed from this ring (e.g. by ahr_get_next_batch) in *out. Reads
+ * only msgs, never shared memory; a message not where its sequence says (offsets not from
+ * this ring) gives step 0. Returns 0, or -EINVAL for null pointers. */
+int ahr_batch_shape(const struct ahr_ring *ring, const struct ahr_msg *msgs, uint32_t n,
+                    struct ahr_batch_shape *out);
 
 /* Acknowledge a claimed message; -ESTALE if its lease expired and it went elsewhere. */
 int ahr_ack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq);

@@ -78,6 +78,14 @@ struct ahr_ring_stats {
     uint32_t groups;
 };
 
+struct ahr_batch_shape {
+    uint64_t data_len;
+    uint32_t first_slot;
+    uint32_t step;
+    uint32_t flags;
+    uint32_t reserved;
+};
+
 void ahr_config_default(struct ahr_config *cfg);
 uint64_t ahr_segment_size(const struct ahr_config *cfg);
 int ahr_create(const char *name, const struct ahr_config *cfg, const char *const *groups, uint32_t n_groups, uint32_t mode, struct ahr_ring **out);
@@ -108,6 +116,7 @@ int ahr_send(struct ahr_ring *ring, uint32_t member, const void *data, const str
 int ahr_send_batch(struct ahr_ring *ring, uint32_t member, const void *data, uint64_t each_len, uint32_t n, uint64_t first_id, uint32_t stream, int64_t timeout_ns);
 int ahr_get_next(struct ahr_ring *ring, uint32_t group, uint32_t member, int64_t timeout_ns, struct ahr_msg *out);
 int ahr_get_next_batch(struct ahr_ring *ring, uint32_t group, uint32_t member, uint32_t n, int64_t timeout_ns, struct ahr_msg *out);
+int ahr_batch_shape(const struct ahr_ring *ring, const struct ahr_msg *msgs, uint32_t n, struct ahr_batch_shape *out);
 int ahr_ack(struct ahr_ring *ring, uint32_t group, uint32_t member, uint64_t seq);
 int ahr_ack_batch(struct ahr_ring *ring, uint32_t group, uint32_t member, const uint64_t *seqs, uint32_t n);
 int ahr_find_claim(const struct ahr_ring *ring, uint32_t group, uint32_t member, uint32_t stream, uint64_t id, uint64_t *seq);
@@ -126,11 +135,14 @@ struct ahrpy_ctx {
     struct ahr_ring *ring;
     uint32_t member;
     int64_t timeout_ns;
+    struct ahr_msg *msg;
 };
 int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream, const char *meta, uint32_t meta_len);
 int ahrpy_send_bare(const struct ahrpy_ctx *c, const char *data, uint64_t data_len, uint64_t id, uint32_t stream);
-int ahrpy_get_next(const struct ahrpy_ctx *c, uint32_t group, int64_t timeout_ns, struct ahr_msg *out);
+int ahrpy_send_batch(const struct ahrpy_ctx *c, const void *data, uint64_t each_len, uint32_t n, uint64_t first_id, uint32_t stream);
 int ahrpy_get_next_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev, int64_t timeout_ns, struct ahr_msg *out);
+int ahrpy_get_batch(const struct ahrpy_ctx *c, uint32_t group, uint32_t n, int64_t timeout_ns, struct ahr_msg *out, struct ahr_batch_shape *shape);
+int ahrpy_next(const struct ahrpy_ctx *c, uint32_t group, uint64_t prev);
 int ahrpy_ack(const struct ahrpy_ctx *c, uint32_t group, uint64_t seq);
 int ahrpy_ack_msgs(const struct ahrpy_ctx *c, uint32_t group, const struct ahr_msg *msgs, uint32_t n);
 int ahrpy_send(struct ahr_ring *ring, uint32_t member, const void *data, uint64_t data_len, uint64_t id, uint32_t stream, uint32_t flags, uint32_t ds_substream, uint32_t ds_size, const char *name, uint32_t name_len, const char *meta, uint32_t meta_len, int64_t timeout_ns);
