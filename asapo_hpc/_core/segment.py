@@ -162,6 +162,10 @@ class Segment:
         return {k: getattr(s, k) for k in ("head", "published", "min_floor", "members",
                                            "groups")}
 
+    def live_members(self) -> int:
+        """Producers and consumers attached whose process is alive (0: nobody uses it)."""
+        return lib.ahr_live_members(self.ptr)
+
     def close(self) -> None:
         """Drop this handle; the mapping goes when no message view refers to it."""
         self.view = None

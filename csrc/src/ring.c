@@ -1973,3 +1973,11 @@ int ahr_ring_stats(const struct ahr_ring *r, struct ahr_ring_stats *out)
         out->groups += load_relaxed(&r->groups[i].state) == GROUP_LIVE;
     return 0;
 }
+
+int ahr_live_members(const struct ahr_ring *r)
+{
+    int live = 0;
+    for (uint32_t i = 0; i < r->cfg.max_members; i++)
+        live += entry_process_alive(&r->members[i]);
+    return live;
+}

@@ -1,6 +1,7 @@
 /*
  * Dead processes are recovered, not waited for: fork()ed children are SIGKILLed
- *  (a) a consumer holding claims -> another member gets them (attempts 2), none lost;
+ *  (a) a consumer holding claims -> another member gets them (attempts 2), none lost,
+ *      and it no longer counts as a live member;
  *  (b) a producer between reserve and commit -> consumers skip its reservation (a
  *      tombstone), the ring stays usable and the space comes back;
  *  (c) a producer after moving the head but before writing its descriptor: once exactly
@@ -162,7 +163,9 @@ static void test_consumer_killed(void)
     }
     char c;
     CHECK_RC(read(pfd[0], &c, 1), 1);
+    CHECK_RC(ahr_live_members(r), 3); /* this process's two members and the child */
     kill_child(pid);
+    CHECK_RC(ahr_live_members(r), 2);
     int seen[7] = {0}, again = 0;
     for (int i = 0; i < 6; i++) {
         struct ahr_msg msg;

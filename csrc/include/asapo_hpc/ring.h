@@ -311,6 +311,10 @@ int ahr_read_tail(const struct ahr_ring *ring, const struct ahr_msg *msg, void *
 int ahr_group_stats(const struct ahr_ring *ring, uint32_t group, struct ahr_group_stats *out);
 int ahr_ring_stats(const struct ahr_ring *ring, struct ahr_ring_stats *out);
 
+/* Member entries whose process is alive (pid and start time checked). 0: no live process
+ * uses the ring, e.g. a segment left behind by a killed run. */
+int ahr_live_members(const struct ahr_ring *ring);
+
 #ifdef __cplusplus
 }
 #endif

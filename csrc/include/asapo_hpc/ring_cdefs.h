@@ -128,6 +128,7 @@ int ahr_read_part(const struct ahr_ring *ring, uint32_t stream, uint64_t id, uin
 int ahr_read_tail(const struct ahr_ring *ring, const struct ahr_msg *msg, void *dst, uint64_t cap);
 int ahr_group_stats(const struct ahr_ring *ring, uint32_t group, struct ahr_group_stats *out);
 int ahr_ring_stats(const struct ahr_ring *ring, struct ahr_ring_stats *out);
+int ahr_live_members(const struct ahr_ring *ring);
 
 /* Python-side shim (asapo_hpc/_core/_build.py): fewer, scalar arguments, which cffi
  * passes faster than it fills a struct's fields. Not part of the C API. */
