@@ -27,6 +27,7 @@ only once it is on disk and in the catalog.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +59,10 @@ FIELD_DOCS: dict[str, str] = {
                        "catalog location transaction and one acknowledgement for everything "
                        "claimed meanwhile (messages still enter the catalog when claimed). "
                        "Bounds the delay it adds before a message is on disk, located and "
-                       "acknowledged; collecting also "
-                       "stops at batch_size messages or 4 MiB of data (large messages gain "
-                       "nothing from waiting). 0 = off: record each claim at once.",
+                       "acknowledged; collecting also stops at batch_size messages, half the "
+                       "ring's slots "
+                       "or 4 MiB of data (large messages gain nothing from waiting). "
+                       "0 = off: record each claim at once.",
     "poll_ms": "How long the recorder waits for a message before it looks at its "
                "backlog and the stop flag again.",
     "retry_max_s": "After a write error the recorder retries the same frames with a new "
@@ -142,7 +144,7 @@ class SourceConfig:
             ring = dataclasses.replace(self.ring, groups=(*groups, SINK_GROUP))
             object.__setattr__(self, "ring", ring)
 
-    @property
+    @functools.cached_property  # the recorder asks per message; np.prod costs ~2 µs
     def frame_nbytes(self) -> int:
         """Bytes of one frame (one part), 0 in bytes format."""
         if self.format != "frames":
@@ -171,7 +173,12 @@ class NodeConfig:
     sources: tuple[SourceConfig, ...] = ()
     sink: SinkSettings = field(default_factory=SinkSettings)
     batch_size: int = 64
-    record_batch_ms: float = 20.0
+    # 50 ms: storing a 24 kB profile stream at 170 Hz costs the service 0.55-0.67 ms of CPU
+    # per message instead of 0.63-0.81 at 20 ms (~1.1 unbatched). The catalog still sees
+    # each message when claimed; only the file write, location and acknowledgement wait,
+    # 50 ms is below what anyone reading the files notices, and a batch never holds more
+    # than half the ring, so producers are not held up by it.
+    record_batch_ms: float = 50.0
     poll_ms: int = 200
     retry_max_s: float = 10.0
     status_interval_s: float = 5.0

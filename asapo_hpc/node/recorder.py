@@ -5,7 +5,8 @@ claim returns it keeps claiming for up to ``record_batch_ms``, so small messages
 costs of steps 2 and 3):
 
 1. every message is recorded in the catalog as soon as it is claimed (``add_messages``, one
-   transaction per claim; ``ring_seq`` says its data is in the ring);
+   transaction per claim; ``ring_seq`` says its data is in the ring), so a client that
+   sent a message sees it in the catalog at once (e.g. ``get_current_size``);
 2. its data (views into the ring, no copy) goes to the stream's ``StreamWriter``; the parts
    of a dataset wait until all of them arrived, then go as one frame;
 3. once the writer's future resolves, ``update_locations`` records the file, dataset and
@@ -93,6 +94,11 @@ class Recorder:
         self._pending: dict[tuple[str, int], dict[int, Message]] = {}  # incomplete datasets
         self._backoff = _FIRST_BACKOFF_S
         self._stats_at = 0.0
+        # a batch holds at most half the ring (messages and bytes): its messages stay
+        # unacknowledged until it is stored, and the producer must keep room meanwhile
+        ring = source.ring
+        self._batch_limit = max(1, min(config.batch_size, ring.slot_count // 2))
+        self._batch_bytes = min(RECORD_BATCH_BYTES, ring.slot_count * ring.slot_size // 2)
 
     # ------------------------------------------------------------------------- the loop
 
@@ -117,7 +123,7 @@ class Recorder:
             self._retry_failed()
             return
         try:
-            batch = self._consumer.get_next_batch(SINK_GROUP, self.config.batch_size,
+            batch = self._consumer.get_next_batch(SINK_GROUP, self._batch_limit,
                                                   timeout_ms=self.config.poll_ms)
         except AsapoStreamFinishedError as exc:
             self._on_finish(exc)
@@ -137,13 +143,14 @@ class Recorder:
         location transaction and the acknowledgement cost about the same for one message as
         for twenty. Each claim is recorded in the catalog at once (``_accept``), so readers
         of the catalog see messages as soon as unbatched. Stops early at ``batch_size``
-        messages or ``RECORD_BATCH_BYTES`` (large messages gain nothing from waiting, and
-        the sink's compression would idle meanwhile), at the stop flag, or at the end of a
-        stream (returned, to be handled after the messages)."""
-        limit = self.config.batch_size
+        messages or half the ring (the producer keeps room while the batch is held), at
+        ``RECORD_BATCH_BYTES`` (large messages gain nothing from waiting, and the sink's
+        compression would idle meanwhile), at the stop flag, or at the end of a stream
+        (returned, to be handled after the messages)."""
+        limit = self._batch_limit
         deadline = time.monotonic() + self.config.record_batch_ms / 1000
         nbytes = sum(m.size for m in messages)
-        while (len(messages) < limit and nbytes < RECORD_BATCH_BYTES
+        while (len(messages) < limit and nbytes < self._batch_bytes
                and not self._stop.is_set()):
             left_ms = (deadline - time.monotonic()) * 1000
             if left_ms <= 0:

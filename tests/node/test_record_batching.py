@@ -12,8 +12,10 @@ import pytest
 
 from asapo_hpc.catalog import Catalog
 from asapo_hpc.client import Producer
+from asapo_hpc.config import RingConfig
 from asapo_hpc.errors import AsapoWrongInputError
-from asapo_hpc.node import NodeConfig, NodeService
+from asapo_hpc.node import NodeConfig, NodeService, SourceConfig
+from asapo_hpc.node.recorder import Recorder
 
 BEAMTIME = "bt"
 FRAME_SHAPE = (16, 32)
@@ -74,6 +76,34 @@ def test_small_messages_share_location_transactions(shm_prefix, tmp_path, node_c
     for i in (1, n // 2, n):
         record = catalog.get_by_id("det", "default", i)
         assert (record.meta_dict(), record.size) == ({"i": i}, frame(i).nbytes)
+    catalog.close()
+
+
+def test_a_batch_holds_at_most_half_the_ring(shm_prefix, tmp_path, node_config, wait_for,
+                                             monkeypatch):
+    """Messages of a batch stay unacknowledged until it is stored: the producer keeps room
+    for the other half of the ring instead of blocking until the batch time runs out."""
+    batches: list[int] = []
+    collect = Recorder._collect
+
+    def counted(recorder, messages):
+        messages, finished = collect(recorder, messages)
+        batches.append(len(messages))
+        return messages, finished
+
+    monkeypatch.setattr(Recorder, "_collect", counted)
+    ring = RingConfig(slot_count=16, slot_size=4096, full_timeout_s=5.0, lease_s=30.0)
+    source = SourceConfig("det", frame_shape=FRAME_SHAPE, dtype="uint16", ring=ring)
+    config = node_config(tmp_path, sources=(source,), record_batch_ms=1000)
+    n = 40
+    with NodeService(config) as service:
+        _publish(config, n)
+        catalog = Catalog(config.catalog_path)
+        wait_for(lambda: _finished(catalog), "the finished stream")
+        wait_for(lambda: _all_located(catalog, n), "locations")
+    assert sum(batches) == n
+    assert max(batches) <= 8, batches  # the ring (16 messages) would hold them all
+    assert service.counters()["det"]["sink_acked"] == n + 1
     catalog.close()
 
 
