@@ -27,6 +27,9 @@ progress line, then reports each task that failed (its Slurm state and exit code
 With ``--pipeline FILE``, the pipeline's first stage reads the stored stream: a replay
 process reads it from disk and publishes it into that stage's input ring (see
 asapo_hpc.pipeline.replay); the rest of the pipeline runs as ``asapo-hpc pipeline run``.
+Its rings and recorded results belong to the pipeline file's beamtime; while a live pipeline
+of that beamtime runs on the node, give ``--pipeline-beamtime`` another (the runner refuses
+rings that live processes use).
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--instances", type=int, default=1,
                    help="instances of the command sharing the stream (default 1)")
     p.add_argument("--pipeline", default=None, help="run this pipeline file over the stream")
+    p.add_argument("--pipeline-beamtime", default=None,
+                   help="with --pipeline: run it under this beamtime id instead of its file's "
+                        "(its rings and recorded results), e.g. beside the live pipeline")
     p.add_argument("--slurm", action="store_true",
                    help="submit the instances as a Slurm job array instead of running them")
     p.add_argument("--wait", action="store_true",
@@ -119,6 +125,8 @@ def _check_choice(args: argparse.Namespace, command: list[str]) -> None:
         if args.group is None:
             raise AsapoWrongInputError("--progress needs the --group to show")
         return
+    if args.pipeline_beamtime and not args.pipeline:
+        raise AsapoWrongInputError("--pipeline-beamtime goes with --pipeline FILE")
     if args.wait and not args.slurm:
         raise AsapoWrongInputError("--wait goes with --slurm (a local run always waits)")
     if bool(args.pipeline) == bool(command):
@@ -358,6 +366,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from asapo_hpc.pipeline.spec import ReplaySpec
 
     spec = PipelineSpec.from_file(args.pipeline)
+    if args.pipeline_beamtime:
+        spec = dataclasses.replace(spec, beamtime=args.pipeline_beamtime)
     if not spec.stages:
         raise AsapoWrongInputError(f"pipeline {args.pipeline} has no stages to run")
     path = catalog_path_for(args.data_root).resolve()

@@ -25,6 +25,7 @@ Every process it started is stopped (stop flag, then terminate, then kill) on an
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import queue
 import time
@@ -36,7 +37,7 @@ from typing import Any
 from asapo_hpc._core import Segment
 from asapo_hpc.client import Producer
 from asapo_hpc.config import segment_name
-from asapo_hpc.errors import AsapoError
+from asapo_hpc.errors import AsapoError, AsapoUnavailableServiceError
 from asapo_hpc.pipeline.replay import replay_process
 from asapo_hpc.pipeline.spec import PipelineSpec
 from asapo_hpc.pipeline.stage import run_instance
@@ -44,6 +45,8 @@ from asapo_hpc.pipeline.stage import run_instance
 _TICK_S = 0.2
 _STOP_GRACE_S = 5.0
 RECORD_TIMEOUT_S = 120.0
+
+log = logging.getLogger("asapo_hpc.pipeline")
 
 
 class PipelineError(AsapoError):
@@ -182,9 +185,32 @@ class PipelineRunner:
 
     def _create_rings(self) -> None:
         for source in self.spec.sources:
+            self._clear_leftover_ring(source.name)
             self._producers[source.name] = Producer(
                 self.spec.beamtime, source.name, config=self.spec.ring_config(source.name),
                 create=True)
+
+    def _clear_leftover_ring(self, source: str) -> None:
+        """Refuse a ring of this (beamtime, source) that live processes use: it belongs to
+        another pipeline or node service, whose stream this run would join. Remove one that
+        nobody uses: a killed run left it, and its old messages must not reach our stages."""
+        name = segment_name(self.spec.beamtime, source)
+        try:
+            segment = Segment.attach(name)
+        except AsapoUnavailableServiceError:  # none: the usual case
+            return
+        try:
+            live = segment.live_members()
+        finally:
+            segment.close()
+        if live:
+            raise PipelineError(
+                f"beamtime {self.spec.beamtime!r}: the ring of source {source!r} is in use by "
+                f"{live} live process(es) on this host (another pipeline or node service with "
+                "this beamtime); give this pipeline its own beamtime (in the pipeline file, or "
+                "reprocess --pipeline-beamtime)")
+        log.warning("pipeline: removed ring %s, left by a run that was killed", name)
+        Segment.unlink(name)
 
     def _start_node_service(self) -> None:
         from asapo_hpc.node import NodeConfig, NodeService, SourceConfig
@@ -369,8 +395,8 @@ class PipelineRunner:
             self._service.stop()
         for producer in self._producers.values():
             producer.close()
-        for source in self.spec.sources:
-            Segment.unlink(segment_name(self.spec.beamtime, source.name))
+        for source in self._producers:  # only the rings this run made: never another's
+            Segment.unlink(segment_name(self.spec.beamtime, source))
         self._reports.close()
         self._reports.join_thread()
 

@@ -240,10 +240,8 @@ def test_slurm_without_wait_returns_after_submitting(stored, slurm, shm_prefix, 
     slurm.run("scancel", job)
 
 
-def test_pipeline_reads_its_first_stage_input_from_the_stored_stream(stored, tmp_path, capsys,
-                                                                     monkeypatch):
-    from asapo_hpc.client.disk import DiskReader
-
+def sum_pipeline(tmp_path: Path, monkeypatch) -> Path:
+    """A pipeline file of beamtime "bt": stage "sum" reads "raw", records "sums"."""
     workers = Path(__file__).resolve().parents[1] / "pipeline"
     monkeypatch.syspath_prepend(str(workers))  # spawned stage processes inherit sys.path
     pipe = tmp_path / "sum.toml"
@@ -270,6 +268,14 @@ def test_pipeline_reads_its_first_stage_input_from_the_stored_stream(stored, tmp
         [stages.options]
         fail_at = -1
     """))
+    return pipe
+
+
+def test_pipeline_reads_its_first_stage_input_from_the_stored_stream(stored, tmp_path, capsys,
+                                                                     monkeypatch):
+    from asapo_hpc.client.disk import DiskReader
+
+    pipe = sum_pipeline(tmp_path, monkeypatch)
     code = reprocess(stored, "--pipeline", str(pipe))
     assert code == 0, capsys.readouterr().err
     with DiskReader(tmp_path / "results" / "catalog.sqlite") as reader:
@@ -278,3 +284,28 @@ def test_pipeline_reads_its_first_stage_input_from_the_stored_stream(stored, tmp
         assert reader._catalog.get_stream_info("sums", "scan").finished
         assert reader._catalog.get_source_list() == ["sums"]  # raw was not stored again
     assert sums == {i: float(frame(i).sum()) for i in range(1, N + 1)}
+
+
+def test_pipeline_beside_a_live_one_needs_its_own_beamtime(stored, tmp_path, capsys,
+                                                         monkeypatch, shm_prefix, shm_names):
+    """A live run of the file's beamtime holds ring "raw": reprocess refuses to join it (and
+    leaves it), then runs under --pipeline-beamtime, recording there."""
+    from asapo_hpc.client.disk import DiskReader
+
+    pipe = sum_pipeline(tmp_path, monkeypatch)
+    with Producer("bt", "raw", config=RingConfig(slot_count=16, slot_size=1024)) as live:
+        assert reprocess(stored, "--pipeline", str(pipe)) == 1
+        assert "ring of source 'raw' is in use by 1 live process" in capsys.readouterr().err
+        assert shm_names(shm_prefix) == [live.segment.name]
+        code = reprocess(stored, "--pipeline", str(pipe), "--pipeline-beamtime", "bt_again")
+        assert code == 0, capsys.readouterr().err
+        assert shm_names(shm_prefix) == [live.segment.name]
+    with DiskReader(tmp_path / "results" / "catalog.sqlite") as reader:
+        assert reader._catalog.get_current_size("sums", "scan") == N
+    assert (tmp_path / "results" / "bt_again" / "sums").is_dir()
+    assert not (tmp_path / "results" / "bt").exists()
+
+
+def test_pipeline_beamtime_without_a_pipeline_is_refused(stored, capsys):
+    assert reprocess(stored, "--pipeline-beamtime", "x", "--", "true") == 2
+    assert "--pipeline-beamtime goes with --pipeline FILE" in capsys.readouterr().err

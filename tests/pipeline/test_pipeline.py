@@ -113,3 +113,36 @@ def test_stage_threads_are_given_or_shared_out_over_busy_processes(tmp_path):
     values["stages"][0]["threads"] = 3
     spec = PipelineSpec.from_dict(values)
     assert spec.stage_threads(spec.stage("stitch")) == 3
+
+
+def test_a_ring_in_use_by_a_live_process_is_refused_and_left_alone(shm_prefix, shm_names,
+                                                                   tmp_path):
+    """Another run of this beamtime (here: this test's producer) owns the ring of "raw": the
+    pipeline must neither join its stream nor remove it when it gives up."""
+    from asapo_hpc.client import Producer
+
+    spec = two_stage_spec(tmp_path)
+    with Producer("bt", "raw", config=spec.ring_config("raw")) as live:
+        live.send(1, b"another run's frame")
+        with pytest.raises(PipelineError, match=r"ring of source 'raw' is in use by 1 live "
+                                                r"process.*give this pipeline its own beamtime"):
+            run_pipeline(spec)
+        assert shm_names(shm_prefix) == [live.segment.name]  # still there, nothing else made
+        assert live.segment.ring_stats()["published"] == 1
+
+
+def test_a_ring_left_by_a_killed_run_is_replaced(shm_prefix, shm_names, tmp_path, small_layout):
+    """A ring nobody uses any more (its processes are gone) still holds old messages: the
+    pipeline removes it, and its stages see only this run's frames."""
+    from asapo_hpc.client import Producer
+
+    spec = two_stage_spec(tmp_path, stitch_instances=1)
+    old = Producer("bt", "raw", config=spec.ring_config("raw"))
+    old.send(1, np.zeros(1, np.uint8), stream="scan")  # a stale frame of the wrong size
+    old.close()  # the processes are gone; the segment stays, as after kill -9
+    assert len(shm_names(shm_prefix)) == 1
+    result = run_pipeline(spec)
+    assert result.stage_frames == {"stitch": FRAMES, "azint": FRAMES}
+    prof = read_profiles(spec.data_root, "bt", "profiles", "scan_iq")
+    np.testing.assert_array_equal(prof.ids, np.arange(1, FRAMES + 1))
+    assert shm_names(shm_prefix) == []
