@@ -1505,7 +1505,11 @@ static int redeliver(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
     if (nx < f || nx - f > r->cfg.slot_count)
         return -EBADMSG;
     uint64_t now_ms = mono_ns() / 1000000ull;
-    struct owner_cache cache = {0};
+    /* Our own claims' owner is alive without asking /proc (a member holding a batch would
+     * otherwise read its own /proc/<pid>/stat before every sleep). */
+    uint64_t own = make_tag(0, mgen, m, 0, CLAIM_TAKEN);
+    struct owner_cache cache = {.n = 1, .key = {tag_gen(own) << 12 | tag_member(own)},
+                                .alive = {1}};
     for (uint64_t s = f; s < nx;) {
         const struct seg_desc *d = &r->descs[s & r->mask];
         uint64_t ss = load_acquire(&d->seqstate);
