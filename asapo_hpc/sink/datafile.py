@@ -67,6 +67,7 @@ class DataFile:
         self.frames = 0
         self.dataset_paths = image_dataset_paths(fmt.parts)
         self._offset_tail = (0,) * len(fmt.frame_shape)
+        self._frame_shape = tuple(fmt.frame_shape)
         # Built under a hidden name and linked into place once in SWMR mode: a writer killed
         # before that leaves no file that HDF5 marks "open for writing" under the real name.
         building = path.with_name(f".{path.name}{BUILDING_SUFFIX}")
@@ -114,14 +115,18 @@ class DataFile:
         """
         first = self.frames
         end = first + len(frames_chunks)
-        for dset in (*self._images, self._ids, self._timestamps):
-            dset.resize(end, axis=0)
+        # h5py's low-level calls: the high-level resize and slice assignment cost ~4x more
+        # Python, and that Python holds the GIL the compression threads wait for
+        for dset in self._images:
+            dset.id.set_extent((end, *self._frame_shape))
+        for dset in (self._ids, self._timestamps):
+            dset.id.set_extent((end,))
         for index, chunks in enumerate(frames_chunks, start=first):
             offset = (index, *self._offset_tail)
             for dset, chunk in zip(self._images, chunks, strict=True):
                 dset.id.write_direct_chunk(offset, chunk)
-        self._timestamps[first:end] = np.asarray(timestamps, dtype=np.int64)
-        self._ids[first:end] = np.asarray(message_ids, dtype=np.uint64)
+        _write_rows(self._timestamps, first, np.asarray(timestamps, dtype=np.int64))
+        _write_rows(self._ids, first, np.asarray(message_ids, dtype=np.uint64))
         self.frames = end
         return first
 
@@ -135,6 +140,13 @@ class DataFile:
             self._file.flush()
         finally:
             self._file.close()
+
+
+def _write_rows(dset: h5py.Dataset, first: int, values: np.ndarray) -> None:
+    """``dset[first:first + len(values)] = values`` of a 1-D dataset, low-level."""
+    file_space = dset.id.get_space()
+    file_space.select_hyperslab((first,), (len(values),))
+    dset.id.write(h5py.h5s.create_simple((len(values),)), file_space, values)
 
 
 @dataclass(frozen=True)
