@@ -384,12 +384,21 @@ def sink_reads(ax: Axes, reads: dict) -> None:
     labels, values, texts, colors = [], [], [], []
     for codec, r in reads.items():
         ms = r["ms_per_frame"]
-        labels += [f"{codec}: FrameReader by location", f"{codec}: plain h5py"]
-        values += [ms["reader_by_location"], ms["h5py_plain_read"]]
-        texts += [f"{ms['reader_by_location']:.3f} ms, "
-                  f"{r['ratio reader / h5py (speed)']:.2f}× h5py speed",
-                  f"{ms['h5py_plain_read']:.3f} ms"]
-        colors += [OURS, PEER]
+        labels.append(f"{codec}: FrameReader by location")
+        values.append(ms["reader_by_location"])
+        texts.append(f"{ms['reader_by_location']:.3f} ms, "
+                     f"{r['ratio reader / h5py (speed)']:.2f}× h5py speed")
+        colors.append(OURS)
+        if "get_by_id_from_disk" in ms:  # results of 2026-11-24 09:30 and later
+            labels.append(f"{codec}: get_by_id (catalog + read)")
+            values.append(ms["get_by_id_from_disk"])
+            texts.append(f"{ms['get_by_id_from_disk']:.3f} ms, "
+                         f"{r['ratio get_by_id / h5py (speed)']:.2f}× h5py speed")
+            colors.append(OURS)
+        labels.append(f"{codec}: plain h5py")
+        values.append(ms["h5py_plain_read"])
+        texts.append(f"{ms['h5py_plain_read']:.3f} ms")
+        colors.append(PEER)
     hbars(ax, labels, values, texts, colors)
     ax.set_title("read one 1536×512 frame, random order (lower is better)", fontsize=10,
                  loc="left")
@@ -401,10 +410,13 @@ def sink_machine(doc: dict) -> str:
     return join(f"{m['cpus']} CPUs" if "cpus" in m else "",
                 f"Python {m['python']}" if "python" in m else "",
                 f"h5py {m['h5py']}" if "h5py" in m else "",
-                f"HDF5 {m['hdf5']}" if "hdf5" in m else "", "(platform not recorded)")
+                f"HDF5 {m['hdf5']}" if "hdf5" in m else "",
+                m.get("platform", "(platform not recorded)"))
 
 
 def sink_command(doc: dict) -> str:
+    if doc.get("command"):  # recorded since 2026-11-24 09:30
+        return doc["command"]
     writes = doc.get("writes", {})
     frames = writes.get("module_1536x512", {}).get("frames")
     parts = ["python bench/sink.py", f"--frames {frames}" if frames else ""]

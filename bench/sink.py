@@ -5,7 +5,9 @@
     hand-written h5py writer that compresses on the same cores and writes direct chunks
     (the "given the cores available" peer);
 (b) writer uncompressed vs plain h5py writing the same frames chunked per frame;
-(c) read-back by location (FrameReader) vs a plain h5py read of the same frame.
+(c) read-back by location (FrameReader), and by id through the catalog the way
+    ``Consumer.get_by_id`` falls back to disk (``DiskReader.read``: lookup, then read), vs
+    a plain h5py read of the same frame.
 Writes include the final flush, close and fsync. Frames are Poisson noise (bslz4 ratio ~4).
 Prints a table of medians and ratios and writes bench/results/sink.json.
 
@@ -18,8 +20,10 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -31,6 +35,8 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from asapo_hpc.catalog import Catalog, MessageRecord
+from asapo_hpc.client.disk import DiskReader
 from asapo_hpc.sink import FrameReader, SinkSettings, StreamWriter
 from asapo_hpc.sink.codecs import Compression, encode_chunk
 from asapo_hpc.sink.datafile import fsync_path
@@ -173,6 +179,9 @@ def _bench_read_codec(root: Path, frames: list, count: int, repeats: int,
         futures = [writer.submit(i + 1, frames[i % POOL]) for i in range(count)]
         locations = [f.result() for f in futures]
     order = np.random.default_rng(1).permutation(count)
+    catalog_path = _catalog_of(root / f"catalog_{compression}.sqlite", locations,
+                               frames[0][0].nbytes)
+    by_id_reader = DiskReader(catalog_path)
     reader = FrameReader()
     plain = h5py.File(locations[0].file_path, "r")
     dset = plain[locations[0].dataset_paths[0]]
@@ -182,21 +191,43 @@ def _bench_read_codec(root: Path, frames: list, count: int, repeats: int,
         for i in order:
             reader.read(locations[i])
 
+    def by_id():
+        for i in order:
+            by_id_reader.read("det", "bench", int(i) + 1)
+
     def by_h5py():
         for i in order:
             dset[i]
 
-    times = {"reader_by_location": [], "h5py_plain_read": []}
+    times = {"reader_by_location": [], "get_by_id_from_disk": [], "h5py_plain_read": []}
+    by_id_reader.read("det", "bench", 1)  # the same warm file handle
     for _ in range(repeats):
         times["reader_by_location"] += timed(by_location, 1)
+        times["get_by_id_from_disk"] += timed(by_id, 1)
         times["h5py_plain_read"] += timed(by_h5py, 1)
     assert np.array_equal(reader.read(locations[order[0]]), dset[order[0]])
+    assert np.array_equal(by_id_reader.read("det", "bench", int(order[0]) + 1).array(np.uint16),
+                          dset[order[0]].reshape(-1))
+    by_id_reader.close()
     reader.close()
     plain.close()
     per_frame = {k: statistics.median(v) / count * 1e3 for k, v in times.items()}
     return {"ms_per_frame": per_frame,
             "ratio reader / h5py (speed)": per_frame["h5py_plain_read"]
-            / per_frame["reader_by_location"]}
+            / per_frame["reader_by_location"],
+            "ratio get_by_id / h5py (speed)": per_frame["h5py_plain_read"]
+            / per_frame["get_by_id_from_disk"]}
+
+
+def _catalog_of(path: Path, locations: list, nbytes: int) -> Path:
+    """A catalog holding the written frames' records and locations, as a node's has."""
+    catalog = Catalog(path)
+    catalog.add_messages(MessageRecord("det", "bench", loc.message_id, f"f{loc.message_id}",
+                                       nbytes, 0, file_path=loc.file_path,
+                                       dataset_path=loc.dataset_paths[0],
+                                       frame_index=loc.frame_index) for loc in locations)
+    catalog.close()
+    return path
 
 
 def print_table(results: dict) -> None:
@@ -208,12 +239,15 @@ def print_table(results: dict) -> None:
             print(f"{name:38s} {writes['median_s'][name]:9.3f} {rate:9.2f}")
         for name, ratio in writes["ratios"].items():
             print(f"  {name:40s} {ratio:6.2f}")
-    print("\n== reads by location vs plain h5py (one 1536x512 frame, random order)")
-    print(f"{'codec':8s} {'reader ms':>10s} {'h5py ms':>10s} {'speed ratio':>12s}")
+    print("\n== reads by location, and by id through the catalog, vs plain h5py (one 1536x512 "
+          "frame, random order)")
+    print(f"{'codec':8s} {'reader ms':>10s} {'by id ms':>10s} {'h5py ms':>10s} "
+          f"{'reader ratio':>13s} {'by id ratio':>12s}")
     for codec, r in results["reads"].items():
         ms = r["ms_per_frame"]
-        print(f"{codec:8s} {ms['reader_by_location']:10.3f} {ms['h5py_plain_read']:10.3f} "
-              f"{r['ratio reader / h5py (speed)']:12.2f}")
+        print(f"{codec:8s} {ms['reader_by_location']:10.3f} {ms['get_by_id_from_disk']:10.3f} "
+              f"{ms['h5py_plain_read']:10.3f} {r['ratio reader / h5py (speed)']:13.2f} "
+              f"{r['ratio get_by_id / h5py (speed)']:12.2f}")
 
 
 def main() -> None:
@@ -227,8 +261,10 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="asapo_sink_bench_", dir=args.dir))
     try:
-        results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                               "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version},
+        results = {"command": shlex.join(["python", "bench/sink.py", *sys.argv[1:]]),
+                   "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                               "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
+                               "platform": platform.platform()},
                    "writes": {"module_1536x512": bench_writes(root, 1, args.frames,
                                                               args.repeats)},
                    "reads": bench_reads(root, min(args.frames, 100), args.repeats)}
