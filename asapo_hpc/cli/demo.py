@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from asapo_hpc.cli.progress import StatusLine
+
 DEFAULT_FRAMES = 40
 BEAMTIME = "demo"
 _BAR = 30
@@ -54,10 +56,11 @@ def demo_spec(frames: int, rate: float, data_root: Path, npt: int = 1000,
 
 
 class ProgressLine:
-    """One carriage-return line: bar, frames per step, live rates."""
+    """The demo's progress: bar, frames per step, live rates (a StatusLine)."""
 
-    def __init__(self, frames: int, raw_frame_bytes: int, out=sys.stderr):
-        self.frames, self.raw_frame_bytes, self.out = frames, raw_frame_bytes, out
+    def __init__(self, frames: int, raw_frame_bytes: int, out=None):
+        self.frames, self.raw_frame_bytes = frames, raw_frame_bytes
+        self.line = StatusLine(out)
         self._last: tuple[float, int] | None = None
         self._rate = 0.0
 
@@ -70,13 +73,12 @@ class ProgressLine:
         self._last = (status.elapsed, raw)
         filled = int(_BAR * done / max(self.frames, 1))
         stages = " ".join(f"{k} {v}" for k, v in status.stage_frames.items())
-        print(f"\r[{'#' * filled}{'.' * (_BAR - filled)}] {status.elapsed:5.1f} s  "
-              f"raw {raw}/{self.frames}  {stages}  saved {done}  "
-              f"{self._rate:6.1f} frames/s {self._rate * self.raw_frame_bytes / 1e9:5.2f} GB/s ",
-              end="", file=self.out, flush=True)
+        self.line.show(f"[{'#' * filled}{'.' * (_BAR - filled)}] {status.elapsed:5.1f} s  "
+                       f"raw {raw}/{self.frames}  {stages}  saved {done}  {self._rate:6.1f} "
+                       f"frames/s {self._rate * self.raw_frame_bytes / 1e9:5.2f} GB/s ")
 
     def close(self) -> None:
-        print(file=self.out, flush=True)
+        self.line.end()
 
 
 def summary_lines(result: Any, latencies: dict[str, np.ndarray], frames: int,

@@ -13,26 +13,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
-def _progress(status) -> None:
-    frames = " ".join(f"{k}={v}" for k, v in status.stage_frames.items())
-    print(f"\r{status.elapsed:6.1f} s  {frames}", end="", file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     """0 when every stage finished; 1 when a stage failed (named on stderr); 2 bad input."""
+    from asapo_hpc.cli.progress import StatusLine, pipeline_status
     from asapo_hpc.errors import AsapoError
     from asapo_hpc.pipeline import PipelineError, PipelineSpec, run_pipeline
 
+    line = StatusLine()
     try:
         spec = PipelineSpec.from_file(args.file)
-        result = run_pipeline(spec, on_tick=None if args.quiet else _progress)
+        result = run_pipeline(spec, on_tick=None if args.quiet else
+                              lambda status: line.show(pipeline_status(status)))
     except PipelineError as exc:
-        print(f"\nasapo-hpc pipeline: {exc}", file=sys.stderr)
+        line.end()
+        print(f"asapo-hpc pipeline: {exc}", file=sys.stderr)
         return 1
     except AsapoError as exc:
-        print(f"\nasapo-hpc pipeline: {exc}", file=sys.stderr)
+        line.end()
+        print(f"asapo-hpc pipeline: {exc}", file=sys.stderr)
         return 2
-    print(f"\nasapo-hpc pipeline: done in {result.seconds:.1f} s; frames per stage: "
+    line.end()
+    print(f"asapo-hpc pipeline: done in {result.seconds:.1f} s; frames per stage: "
           f"{result.stage_frames}")
     for source in spec.sources:
         if source.record:

@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from asapo_hpc.cli.progress import StatusLine, pipeline_status
 from asapo_hpc.errors import AsapoError, AsapoWrongInputError
 
 ENV_PREFIX = "ASAPO_HPC_"
@@ -199,14 +200,14 @@ def _run_command(task: Task, command: list[str], *, quiet: bool) -> int:
 
 
 def _wait(procs: list[subprocess.Popen], task: Task, quiet: bool) -> None:
+    line = StatusLine()
     while any(p.poll() is None for p in procs):
         if not quiet:
             running = sum(p.poll() is None for p in procs)
-            print(f"\r{_progress_line(task)}; {running} running", end="", file=sys.stderr,
-                  flush=True)
+            line.show(f"{_progress_line(task)}; {running} running")
         time.sleep(_TICK_S)
     if not quiet:
-        print(f"\r{_progress_line(task)}; 0 running", file=sys.stderr)
+        line.end(f"{_progress_line(task)}; 0 running")
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -313,14 +314,14 @@ def _queued(job: str) -> dict[str, int] | None:
 
 
 def _wait_slurm(task: Task, job: str, quiet: bool) -> None:
+    line = StatusLine()
     while (queued := _queued(job)) != {}:
         if not quiet:
             states = ", ".join(f"{n} {s}" for s, n in sorted((queued or {}).items()))
-            print(f"\r{_progress_line(task)}; Slurm job {job}: {states or 'squeue failed'}  ",
-                  end="", file=sys.stderr, flush=True)
+            line.show(f"{_progress_line(task)}; Slurm job {job}: {states or 'squeue failed'}  ")
         time.sleep(_TICK_S)
     if not quiet:
-        print(f"\r{_progress_line(task)}; Slurm job {job} ended", file=sys.stderr)
+        line.end(f"{_progress_line(task)}; Slurm job {job} ended")
 
 
 def _slurm_results(job: str) -> dict[int, tuple[str, int, int]] | None:
@@ -380,16 +381,16 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     replay = ReplaySpec(source=first, stream=args.stream, from_source=args.source,
                         data_root=str(path.parent))
     spec = dataclasses.replace(spec, sources=sources, simulate=None, replay=replay)
+    line = StatusLine()
     try:
-        result = run_pipeline(spec, on_tick=None if args.quiet else _pipeline_progress)
+        result = run_pipeline(spec, on_tick=None if args.quiet else
+                              lambda status: line.show(pipeline_status(status)))
     except PipelineError as exc:
-        print(f"\nasapo-hpc reprocess: {exc}", file=sys.stderr)
+        line.end()
+        print(f"asapo-hpc reprocess: {exc}", file=sys.stderr)
         return 1
-    print(f"\nasapo-hpc reprocess: done in {result.seconds:.1f} s; frames per stage: "
+    line.end()
+    print(f"asapo-hpc reprocess: done in {result.seconds:.1f} s; frames per stage: "
           f"{result.stage_frames}")
     return 0
 
-
-def _pipeline_progress(status) -> None:
-    frames = " ".join(f"{k}={v}" for k, v in status.stage_frames.items())
-    print(f"\r{status.elapsed:6.1f} s  {frames}", end="", file=sys.stderr, flush=True)
