@@ -9,7 +9,7 @@ policy, when it stayed unacknowledged for the policy's delay; at most ``attempts
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from asapo_hpc.catalog._common import (
     StreamState,
@@ -45,7 +45,8 @@ INSERT INTO group_inflight (group_id, source, stream, data_id, deliveries, deliv
 VALUES (?, ?, ?, ?, 1, ?)
 ON CONFLICT DO UPDATE SET deliveries = deliveries + 1, delivered_ns = excluded.delivered_ns,
                           nack_due_ns = NULL
-"""
+RETURNING deliveries
+"""  # RETURNING needs SQLite 3.35, as the upsert without a conflict target already does
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,10 +64,16 @@ class GroupKey:
 
 @dataclass(slots=True)
 class Delivery:
-    """What ``next`` hands out; ``partial`` datasets are raised as AsapoPartialDataError."""
+    """What ``next`` hands out; ``partial`` datasets are raised as AsapoPartialDataError.
+
+    ``deliveries`` counts the hand-outs of this id to the group, this one included (1 the
+    first time, more when redelivered), as a ring message's ``attempts``. It travels here,
+    not in the record: the record is the stored message, the count is the group's.
+    """
 
     record: MessageRecord | DatasetRecord
     partial: bool = False
+    deliveries: int = 1
 
 
 def next_delivery(
@@ -84,18 +91,20 @@ def next_delivery(
         raise end_error(key.source, key.stream, None)
     redelivered = _due_redelivery(conn, key, policy or NO_RESEND, now)
     if redelivered is not None:
-        _mark_delivered(conn, key, redelivered, now)
-        return _shape(key, state, read_parts(conn, state, redelivered), dataset, min_size, True)
+        deliveries = _mark_delivered(conn, key, redelivered, now)
+        delivery = _shape(key, state, read_parts(conn, state, redelivered), dataset, min_size,
+                          True)
+        return replace(delivery, deliveries=deliveries)
     candidate = read_counter(conn, key) + 1
     if candidate > state.id_max:
         raise end_error(key.source, key.stream, state)
     parts = read_parts(conn, state, candidate)
     if not parts:
         raise missing_error(key.source, key.stream, state, candidate)
-    delivery = _shape(key, state, parts, dataset, min_size, False)
+    delivery = _shape(key, state, parts, dataset, min_size, False)  # may raise: mark after
     write_counter(conn, key, candidate)
-    _mark_delivered(conn, key, candidate, now)
-    return delivery
+    # Usually 1; more when the id was handed out before (a counter reset below it).
+    return replace(delivery, deliveries=_mark_delivered(conn, key, candidate, now))
 
 
 def _due_redelivery(
@@ -113,8 +122,9 @@ def _due_redelivery(
     return min(candidates)[1] if candidates else None
 
 
-def _mark_delivered(conn: sqlite3.Connection, key: GroupKey, data_id: int, now: int) -> None:
-    conn.execute(_DELIVERED_SQL, (*key.params, data_id, now))
+def _mark_delivered(conn: sqlite3.Connection, key: GroupKey, data_id: int, now: int) -> int:
+    """Record one more hand-out of ``data_id``; how many the group has had of it now."""
+    return conn.execute(_DELIVERED_SQL, (*key.params, data_id, now)).fetchone()[0]
 
 
 def _shape(

@@ -427,13 +427,29 @@ class Catalog:
         a dataset short of parts) raises AsapoNoDataError and the group waits for it; a
         partial dataset handed out with ``min_size`` raises AsapoPartialDataError.
         """
+        return self.group_next_delivery(
+            group_id, source, stream, dataset=dataset, min_size=min_size, resend=resend
+        ).record
+
+    def group_next_delivery(
+        self,
+        group_id: str,
+        source: str,
+        stream: str,
+        *,
+        dataset: bool = False,
+        min_size: int = 0,
+        resend: ResendPolicy | None = None,
+    ) -> groups.Delivery:
+        """``group_next``, with how many times the group has now been handed the id
+        (``Delivery.deliveries``: 1 the first time), for readers that report redeliveries."""
         key = self._group_key(group_id, source, stream)
         with self._write() as conn:
             delivery = groups.next_delivery(
                 conn, key, dataset=dataset, min_size=min_size, policy=resend, now=self._clock()
             )
         # Raised after the commit: a partial dataset still counts as handed out.
-        return _deliver(delivery)
+        return _whole(delivery)
 
     def acknowledge(self, group_id: str, source: str, stream: str, data_id: int) -> None:
         """The group processed ``data_id``."""
@@ -493,6 +509,11 @@ class Catalog:
 
 
 def _deliver(delivery: groups.Delivery) -> MessageRecord | DatasetRecord:
+    return _whole(delivery).record
+
+
+def _whole(delivery: groups.Delivery) -> groups.Delivery:
+    """The delivery; a partial dataset is raised as AsapoPartialDataError instead."""
     if delivery.partial:
         record = delivery.record
         raise AsapoPartialDataError(
@@ -500,7 +521,7 @@ def _deliver(delivery: groups.Delivery) -> MessageRecord | DatasetRecord:
             f"{record.dataset_size} parts; the parts that arrived are in partial_data",
             partial_data=record,
         )
-    return delivery.record
+    return delivery
 
 
 def _last_dataset_id(conn: sqlite3.Connection, state: StreamState, min_size: int) -> int | None:

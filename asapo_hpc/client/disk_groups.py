@@ -43,7 +43,9 @@ and the Consumer routes it here, off the ring's fast path. Dataset streams are r
 Redelivery: ``set_resend_nacs`` applies; without it, disk-mode groups use the ring's lease
 and attempts, so a message taken by a member that died comes back after the lease (the
 catalog cannot tell a dead member from a slow one). ``set_resend_nacs(False, ...)`` turns
-that off: then only negative acknowledgements are resent.
+that off: then only negative acknowledgements are resent. A redelivered message's
+``attempts`` is the catalog's count of deliveries of its id to the group (2, 3, ...), as a
+ring message's; remote members get the same number (the node sends ``msg.attempts``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ import numpy as np
 
 from asapo_hpc._core import ffi, lib
 from asapo_hpc.catalog import Catalog, MessageRecord, ResendPolicy
+from asapo_hpc.catalog.groups import Delivery
 from asapo_hpc.client.message import Message, MessageList, OwnedMessage
 from asapo_hpc.errors import (
     AsapoDataNotInCacheError,
@@ -81,16 +84,18 @@ _EMPTY.flags.writeable = False
 
 class DiskMessage(OwnedMessage):
     """A message a disk-mode group delivered: owns its bytes; ``stream`` is stored by name
-    (the stream need not be registered in the ring)."""
+    (the stream need not be registered in the ring). ``attempts`` is the catalog's count of
+    deliveries of the id to the group (1, then 2, 3, ... when redelivered), as in the ring."""
 
     __slots__ = ("_stream",)
 
-    def __init__(self, record: MessageRecord, consumer: Consumer, data: np.ndarray):
+    def __init__(self, record: MessageRecord, consumer: Consumer, data: np.ndarray,
+                 attempts: int = 1):
         name, meta = record.name.encode(), record.meta_json().encode()
         # seq = the id: acknowledgements of disk messages are by id (see DiskGroups)
         fields = (record.data_id, record.data_id, 0, record.size, 0, record.timestamp,
                   len(name), len(meta), 0, 0, record.dataset_substream, record.dataset_size,
-                  1, 0)
+                  attempts, 0)
         super().__init__(fields, consumer, DISK_GROUP, data, name + meta)
         self._stream = record.stream
 
@@ -205,16 +210,16 @@ class DiskGroups:
               timeout_ms: int | None) -> DiskMessage:
         timeout_ns = self._consumer.timeout_ns if timeout_ms is None else timeout_ms * 1e6
         deadline = time.monotonic() + timeout_ns / 1e9
-        record = self._next_record(group_id, stream, deadline)
-        return self._message(group_id, stream, record, meta_only, deadline)
+        delivery = self._next_delivery(group_id, stream, deadline)
+        return self._message(group_id, stream, delivery, meta_only, deadline)
 
-    def _next_record(self, group_id: str, stream: str, deadline: float) -> MessageRecord:
+    def _next_delivery(self, group_id: str, stream: str, deadline: float) -> Delivery:
         """Take the group's next id from the catalog, polling until the deadline."""
         consumer = self._consumer
         catalog, source, policy = consumer._catalog(), consumer.data_source, self._policy()
         while True:
             try:
-                return catalog.group_next(group_id, source, stream, resend=policy)
+                return catalog.group_next_delivery(group_id, source, stream, resend=policy)
             except AsapoStreamFinishedError as exc:
                 last_id = getattr(exc, "reply", {}).get("id_max")
                 raise AsapoStreamFinishedError(
@@ -230,19 +235,20 @@ class DiskGroups:
                         "has no more for it yet)") from None
                 time.sleep(min(POLL_S, remaining))
 
-    def _message(self, group_id: str, stream: str, record: MessageRecord, meta_only: bool,
+    def _message(self, group_id: str, stream: str, delivery: Delivery, meta_only: bool,
                  deadline: float) -> DiskMessage:
         """The delivered record with its bytes; if they cannot be read, the message goes
         back to the group (a later read may find it) and the error is raised."""
+        record, attempts = delivery.record, delivery.deliveries
         if meta_only or record.size == 0:
-            return DiskMessage(record, self._consumer, _EMPTY)
+            return DiskMessage(record, self._consumer, _EMPTY, attempts)
         try:
             data = self._data(record, max(deadline, time.monotonic() + LOCATION_WAIT_S))
         except BaseException:
             self._consumer._catalog().neg_acknowledge(
                 group_id, self._consumer.data_source, stream, record.data_id)
             raise
-        return DiskMessage(record, self._consumer, data)
+        return DiskMessage(record, self._consumer, data, attempts)
 
     def _data(self, record: MessageRecord, deadline: float) -> np.ndarray:
         """The bytes from the HDF5 file the catalog names; while the sink has not stored

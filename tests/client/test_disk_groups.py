@@ -1,13 +1,15 @@
 """Group reads from disk through a real node service: a stream the ring no longer holds (the
 ring was recreated, or wrapped past it) is read by a new group from id 1 from the catalog and
 the HDF5 files, exactly once per group, byte-identical; members share it; a negative
-acknowledgement redelivers; the end of a finished stream names the next stream; a live
-stream is followed as the sink records more. Ring groups that can read from the ring still
-do (zero-copy messages)."""
+acknowledgement, or a lease that ran out, redelivers (attempts 2, 3, ... as in the ring); the
+end of a finished stream names the next stream; a live stream is followed as the sink
+records more. Ring groups that can read from the ring still do (zero-copy messages)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -157,6 +159,48 @@ def test_nack_redelivers_and_ack_by_id(shm_prefix, config, wait_for):
         assert err.value.next_stream is None
     with Catalog(config.catalog_path) as catalog:
         assert catalog.unacknowledged("g", "det", "scan") == [2]
+
+
+def test_attempts_count_the_catalogs_deliveries(shm_prefix, config, wait_for):
+    with NodeService(config):
+        record_finished_stream(config, wait_for, next_stream=None)
+    Segment.unlink(segment_name("bt", "det"))
+    with Consumer("bt", "det", data_root=str(config.data_root)) as consumer:
+        first = consumer.get_next("g", stream="scan", timeout_ms=1000)
+        assert (first.id, first.attempts) == (1, 1)  # a first delivery
+        consumer.neg_acknowledge("g", first, delay_ms=0)
+        again = consumer.get_next("g", stream="scan", timeout_ms=1000)
+        assert (again.id, again.attempts) == (1, 2)
+        consumer.neg_acknowledge("g", again, delay_ms=0)
+        third = consumer.get_next("g", stream="scan", timeout_ms=1000)
+        check(third, "scan")
+        assert (third.id, third.attempts) == (1, 3)
+        consumer.acknowledge("g", third)
+        batch = consumer.get_next_batch("g", 3, stream="scan", timeout_ms=1000)
+        assert [(m.id, m.attempts) for m in batch] == [(2, 1), (3, 1), (4, 1)]
+        consumer.neg_acknowledge("g", batch[1], delay_ms=0)
+        batch = consumer.get_next_batch("g", 2, stream="scan", timeout_ms=1000)
+        assert [(m.id, m.attempts) for m in batch] == [(3, 2), (5, 1)]
+
+
+def test_attempts_after_a_members_lease_expired(shm_prefix, config, wait_for):
+    with NodeService(config):
+        record_finished_stream(config, wait_for, next_stream=None)
+    Segment.unlink(segment_name("bt", "det"))
+    # the new ring's lease is what disk-mode groups resend by (no set_resend_nacs)
+    ring = dataclasses.replace(config.source("det").ring, lease_s=0.2)
+    root = str(config.data_root)
+    with Consumer("bt", "det", config=ring, data_root=root) as other:
+        with Consumer("bt", "det", config=ring, data_root=root) as dying:
+            taken = dying.get_next("g", stream="scan", timeout_ms=1000)
+            assert (taken.id, taken.attempts) == (1, 1)
+        # the member left without acknowledging; once its lease is over, id 1 comes back
+        time.sleep(0.5)
+        back = other.get_next("g", stream="scan", timeout_ms=1000)
+        check(back, "scan")
+        assert (back.id, back.attempts) == (1, 2)
+        nxt = other.get_next("g", stream="scan", timeout_ms=1000)
+        assert (nxt.id, nxt.attempts) == (2, 1)
 
 
 def test_late_group_after_the_ring_wrapped_reads_from_disk_and_follows(
