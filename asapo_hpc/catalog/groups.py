@@ -231,6 +231,11 @@ def negative_acknowledge(
             f"message {data_id} of {where(key.source, key.stream)} is already acknowledged "
             f"by group {key.group_id!r}; a negative acknowledgement cannot undo that"
         )
+    if data_id > read_counter(conn, key):  # else it would come twice: now, and in its turn
+        raise AsapoWrongInputError(
+            f"message {data_id} of {where(key.source, key.stream)} was not delivered to group "
+            f"{key.group_id!r} yet; only a delivered message can be negatively acknowledged"
+        )
     conn.execute(
         "INSERT INTO group_inflight (group_id, source, stream, data_id, deliveries, delivered_ns,"
         " nack_due_ns) VALUES (?, ?, ?, ?, 1, ?, ?)"

@@ -150,6 +150,15 @@ def test_negative_acknowledge_rules(five):
         five.neg_acknowledge("g", "src", "s1", 2, delay_ms=-1)
 
 
+def test_negative_acknowledge_of_an_id_not_delivered_yet_is_refused(five):
+    """It would be handed out twice: as a redelivery, and again in its turn."""
+    assert five.group_next("g", "src", "s1").data_id == 1
+    with pytest.raises(AsapoWrongInputError, match="message 2 .* was not delivered to group "
+                                                   "'g' yet"):
+        five.neg_acknowledge("g", "src", "s1", 2)
+    assert drain(five) == [2, 3, 4, 5]  # each once
+
+
 def test_resend_of_unacknowledged_after_delay_with_attempt_limit(five, clock):
     policy = ResendPolicy(resend=True, delay_ms=1000, attempts=2)
     assert five.group_next("g", "src", "s1", resend=policy).data_id == 1
