@@ -73,6 +73,22 @@ def encode_meta(meta: Any) -> bytes:
             "numbers, bools and None") from None
 
 
+class CallContext:
+    """The C call context (``struct ahrpy_ctx``: ring, member, timeout) a producer or
+    consumer passes to the fewest-argument calls; ``timeout_ns`` lives in it."""
+
+    _ctx: Any
+
+    @property
+    def timeout_ns(self) -> int:
+        """How long a call waits when not told (a send for room, a get for a message), ns."""
+        return self._ctx.timeout_ns
+
+    @timeout_ns.setter
+    def timeout_ns(self, value: int) -> None:
+        self._ctx.timeout_ns = int(value)
+
+
 class StreamTable:
     """Stream name <-> index, cached per process (the index is stable for the segment)."""
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from asapo_hpc._core import Segment, check, ffi, lib
 from asapo_hpc.client import disk
-from asapo_hpc.client._common import StreamTable, open_segment
+from asapo_hpc.client._common import CallContext, StreamTable, open_segment
 from asapo_hpc.client.disk_groups import DISK_GROUP, DiskGroups
 from asapo_hpc.client.message import (
     MSG_FIELDS,
@@ -62,7 +62,7 @@ def generate_group_id() -> str:
     return "".join(secrets.choice(_GROUP_ID_CHARS) for _ in range(20))
 
 
-class Consumer(ConsumerStreams):
+class Consumer(CallContext, ConsumerStreams):
     """Reads messages of one (beamtime, data source) from the node's shared ring.
 
     Every message of a stream goes to exactly one member of each consumer group; groups
@@ -643,15 +643,6 @@ class Consumer(ConsumerStreams):
 
     def group_stats(self, group_id: str, stream: str | None = None) -> dict[str, int]:
         return self._segment.group_stats(self._group(group_id, stream))
-
-    @property
-    def timeout_ns(self) -> int:
-        """How long get_next / get_next_batch wait for a message when not told, in ns."""
-        return self._ctx.timeout_ns
-
-    @timeout_ns.setter
-    def timeout_ns(self, value: int) -> None:
-        self._ctx.timeout_ns = int(value)
 
     @property
     def segment(self) -> Segment:

@@ -14,6 +14,7 @@ import numpy as np
 from asapo_hpc._core import Segment, check, ffi, lib
 from asapo_hpc.client._common import (
     DEFAULT_STREAM,
+    CallContext,
     StreamTable,
     encode_meta,
     open_segment,
@@ -143,7 +144,7 @@ class Reservation:
         self.abort()
 
 
-class Producer(ProducerStreams):
+class Producer(CallContext, ProducerStreams):
     """Publishes messages of one (beamtime, data source) into the node's shared ring."""
 
     def __init__(self, beamtime: str, data_source: str, *, config: RingConfig | None = None,
@@ -170,15 +171,6 @@ class Producer(ProducerStreams):
         self.timeout_ns = int(timeout_s * 1e9)
         self.beamtime, self.data_source = beamtime, data_source
         self.data_root = data_root  # the node's data folder, for stream and beamtime metadata
-
-    @property
-    def timeout_ns(self) -> int:
-        """How long a send waits for space in a full ring, in ns."""
-        return self._ctx.timeout_ns
-
-    @timeout_ns.setter
-    def timeout_ns(self, value: int) -> None:
-        self._ctx.timeout_ns = int(value)
 
     @property
     def segment(self) -> Segment:
