@@ -7,7 +7,7 @@ result arrays), after enough warm-up calls for its per-pass thread-count choice 
 as in a stream of frames ("thr": the count it runs next). Also prints the per-frame kernel
 alone (same arrays) on 1 thread and on all, and the memory-bandwidth floor of the pass:
 the bytes it must read (frame + per-pixel tables: 2 B bin index for no-split; bin index,
-float32 weight and the short list of 3+-bin pixels for split modes) / the machine's
+uint16 fixed-point weight and the short list of 3+-bin pixels for split modes) / the machine's
 streaming-read rate, measured in the same run, the higher of numpy's one-thread sum and a
 Numba sum on every thread. "% floor" is floor / end-to-end time, "kern %" floor / the
 faster kernel-alone time, "% 1t fl" "% floor" against numpy's one-thread read rate (the
@@ -113,7 +113,7 @@ def main() -> None:
         if method == "no":
             name, fn, arrays = "hist_packed_u16", kernels.hist_packed_u16, (raw, corr.bins)
         else:
-            name, fn, arrays = "split_pass", kernels.split_pass, (raw, *corr.table)
+            name, fn, arrays = "split_pass_u16", kernels.split_pass_u16, (raw, *corr.table)
         nthreads = ours._threads[name].pick()  # what the integrator runs next
         t_kernel = {}
         for nt in sorted({1, max_threads}):  # the pass alone, same arrays, each thread count

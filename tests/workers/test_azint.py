@@ -346,23 +346,60 @@ def test_pair_weights_sum_to_one_in_float32():
         np.testing.assert_array_equal(w[first[pairs] + 1], np.float32(1) - w[first[pairs]])
 
 
+def test_quantize_pairs_matches_reference_and_keeps_pixel_sums():
+    rng = np.random.default_rng(12)
+    one = kernels.WEIGHT_ONE
+    for data, indices, indptr in _random_csr(rng):
+        got = kernels.quantize_pairs(data, indices, indptr, 6000)
+        np.testing.assert_array_equal(
+            got, reference.quantize_pairs_reference(data, indices, indptr, 6000, one))
+        assert (got != data).any()
+        assert np.abs(got - data).max() <= 0.5 / one + 1e-7
+        nper = np.bincount(indices, minlength=6000)
+        sums = np.bincount(indices, got.astype(np.float64), minlength=6000)
+        np.testing.assert_array_equal(sums[nper == 2], 1.0)  # pairs still sum to 1 exactly
+
+
+def _quantized_csr(rng, npix=6000, npt=60):
+    """The random matrices as the engines keep them: two-bin weights in fixed point."""
+    return [(kernels.quantize_pairs(d, i, p, npix), i, p) for d, i, p in
+            _random_csr(rng, npix, npt)]
+
+
 def test_pixel_table_matches_reference():
     rng = np.random.default_rng(8)
-    for data, indices, indptr in _random_csr(rng):
+    for data, indices, indptr in _quantized_csr(rng):
         npix = 6000
         bins = np.empty(npix, np.uint16)
-        w0 = np.empty(npix, np.float32)
-        ex = kernels.pixel_table(data, indices, indptr, npix, bins, w0)
-        ref = reference.pixel_table_reference(data, indices, indptr, npix)
+        u = np.empty(npix, np.uint16)
+        ex = kernels.pixel_table(data, indices, indptr, npix, bins, u)
+        ref = reference.pixel_table_reference(data, indices, indptr, npix, kernels.WEIGHT_ONE)
         np.testing.assert_array_equal(bins, ref[0])
-        np.testing.assert_array_equal(w0, ref[1])
+        np.testing.assert_array_equal(u, ref[1])
         for got, want in zip(ex, ref[2:], strict=True):
             np.testing.assert_array_equal(got, want)
         assert 0 < ex[0].size < data.size  # both kinds present in this random matrix
 
 
+def test_pixel_table_lists_pairs_not_in_fixed_point():
+    """Unquantized weights: pairs go to the lists, and the table is still the matrix."""
+    rng = np.random.default_rng(8)
+    data, indices, indptr = _random_csr(rng)[0]
+    bins = np.empty(6000, np.uint16)
+    u = np.empty(6000, np.uint16)
+    table = (bins, u, *kernels.pixel_table(data, indices, indptr, 6000, bins, u))
+    nper = np.bincount(indices, minlength=6000)
+    assert np.isin(np.flatnonzero(nper == 2), table[2]).mean() > 0.9
+    raw = rng.integers(0, 40, 6000).astype(np.uint16)
+    csr = kernels.csr_pass(raw, data, indices, indptr, np.ones(6000, np.float32),
+                           np.zeros(6000, np.float32), False, False, np.float32(0),
+                           np.float32(0))
+    np.testing.assert_allclose(kernels.split_pass_u16(raw, *table, 60, 1), csr[:2], rtol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
 def test_split_pass_matches_reference_csr_pass_and_scipy(dtype):
+    """The scipy matrix is built from the fixed-point weights the passes use."""
     from scipy.sparse import csr_matrix
 
     rng = np.random.default_rng(9)
@@ -373,21 +410,37 @@ def test_split_pass_matches_reference_csr_pass_and_scipy(dtype):
         raw[::17] = 2**24 + 1  # not a float32: every path rounds it like pyFAI
     norm = np.ones(npix, np.float32)
     dark = np.zeros(npix, np.float32)
-    for data, indices, indptr in _random_csr(rng, npix, npt):
+    passes = [kernels.split_pass] + ([kernels.split_pass_u16] if dtype == np.uint16 else [])
+    for data, indices, indptr in _quantized_csr(rng, npix, npt):
         bins = np.empty(npix, np.uint16)
-        w0 = np.empty(npix, np.float32)
-        table = (bins, w0, *kernels.pixel_table(data, indices, indptr, npix, bins, w0))
-        want = reference.split_pass_reference(raw, *table, npt)
+        u = np.empty(npix, np.uint16)
+        table = (bins, u, *kernels.pixel_table(data, indices, indptr, npix, bins, u))
+        want = reference.split_pass_reference(raw, *table, npt, kernels.WEIGHT_ONE)
         csr = kernels.csr_pass(raw, data, indices, indptr, norm, dark, False, False,
                                np.float32(0), np.float32(0))
         r32 = raw.astype(np.float32).astype(np.float64)
         m = csr_matrix((data.astype(np.float64), indices, indptr), shape=(npt, npix))
         for nthreads in _thread_counts():
-            with _threads(nthreads):
-                got = kernels.split_pass(raw, *table, npt, nthreads)
-            np.testing.assert_allclose(got, want, rtol=1e-12)
-            np.testing.assert_allclose(got, csr[:2], rtol=1e-12)
-            np.testing.assert_allclose(got[0], m @ r32, rtol=1e-12)
+            for split_pass in passes:
+                with _threads(nthreads):
+                    got = split_pass(raw, *table, npt, nthreads)
+                np.testing.assert_allclose(got, want, rtol=1e-12)
+                np.testing.assert_allclose(got, csr[:2], rtol=1e-12)
+                np.testing.assert_allclose(got[0], m @ r32, rtol=1e-12)
+
+
+def test_split_pass_u16_exact_up_to_its_bin_limit():
+    """Every pixel in one bin, the largest values and weights: the uint64 sums hold."""
+    n = kernels.SPLIT_U16_MAX_BIN_PIXELS - 1
+    rng = np.random.default_rng(13)
+    raw = np.full(n, 65535, np.uint16)
+    raw[::7] = 0
+    u = rng.choice(np.array([0, 1, kernels.WEIGHT_ONE], np.uint16), n)
+    bins = np.zeros(n, np.uint16)
+    empty = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    want = reference.split_pass_reference(raw, bins, u, *empty, 2, kernels.WEIGHT_ONE)
+    got = kernels.split_pass_u16(raw, bins, u, *empty, 2, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("n", [5, 2 * kernels.CHUNK, 6 * kernels.CHUNK + 3])
@@ -457,6 +510,20 @@ def test_integer_split_path_equals_csr_path(frame, dtype):
                                np.float32(0), np.float32(0))
         np.testing.assert_allclose(ours.sum_signal, csr[0], rtol=1e-12)
         np.testing.assert_allclose(ours.sum_variance, csr[1], rtol=1e-12)
+
+
+def test_uint16_split_path_in_slices_equals_one_call(frame):
+    """Bins too full for one exact integer call: the integrator cuts the frame in slices."""
+    ai, _ = make_pair(GEOMETRIES["off-centre"])
+    data = frame.astype(np.uint16)
+    for method in ("bbox", "full"):
+        whole = ai.integrate1d(data, NPT, unit="q_nm^-1", method=method)
+        corr = ai._corrections[(method, "csr")][1]
+        assert corr.split_step == data.size
+        corr.split_step = 997  # as if a bin had SPLIT_U16_MAX_BIN_PIXELS pixels
+        sliced = ai.integrate1d(data, NPT, unit="q_nm^-1", method=method)
+        np.testing.assert_allclose(sliced.sum_signal, whole.sum_signal, rtol=1e-12)
+        np.testing.assert_allclose(sliced.sum_variance, whole.sum_variance, rtol=1e-12)
 
 
 @numba.njit(parallel=True)

@@ -147,12 +147,16 @@ class CsrEngine(_Engine):
             lo, maxin = crad.min(axis=1), crad.max(axis=1)
         self.lo, self.hi = self._range(key.radial_range, lo[self.valid], maxin[self.valid])
         if key.method[0] == "bbox":
-            self.matrix = kernels.bbox_csr(center, delta, self.valid, self.lo, self.hi, self.npt)
+            data, indices, indptr = kernels.bbox_csr(center, delta, self.valid, self.lo,
+                                                     self.hi, self.npt)
         else:
             chi = geom.chi(corners[..., 1], corners[..., 2], c3).reshape(-1, 4)
-            self.matrix = kernels.full_csr(
+            data, indices, indptr = kernels.full_csr(
                 crad, np.ascontiguousarray(chi), self.valid, self.lo, self.hi, self.npt
             )
+        # two-bin weights in fixed point: the integer pass sums exactly this matrix
+        self.matrix = (kernels.quantize_pairs(data, indices, indptr, self.valid.size),
+                       indices, indptr)
 
     @staticmethod
     def _range(radial_range, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
@@ -187,7 +191,8 @@ class Corrections:
     ``norm`` is float32 flat x polarisation x solid angle, 0 for statically invalid pixels;
     ``static`` holds per-bin Σnorm, Σnorm², count, Σdark over statically valid pixels.
     Split engines keep the matrix twice: CSR (``matrix``, for frames needing per-pixel
-    checks) and pixel-major (``table``, see :func:`kernels.pixel_table`).
+    checks) and pixel-major (``table``, see :func:`kernels.pixel_table`); ``split_step``
+    is the most pixels one call of :func:`kernels.split_pass_u16` may take.
     """
 
     def __init__(self, engine: _Engine, norm: np.ndarray, dark: np.ndarray | None):
@@ -219,9 +224,13 @@ class Corrections:
             # pixel-major copy for integer frames: the frame is read once, in order
             dtype = np.uint16 if engine.npt < np.iinfo(np.uint16).max else np.uint32
             bins = np.empty(norm.size, dtype)
-            w0 = np.empty(norm.size, np.float32)
-            ex = kernels.pixel_table(*self.matrix, norm.size, bins, w0)
-            self.table = (bins, w0, *ex)
+            u = np.empty(norm.size, np.uint16)
+            ex = kernels.pixel_table(*self.matrix, norm.size, bins, u)
+            self.table = (bins, u, *ex)
+            fullest = np.bincount(bins, minlength=engine.npt + 1)[:engine.npt].max()
+            # a call of fewer pixels than the limit cannot overfill a bin
+            self.split_step = (norm.size if fullest < kernels.SPLIT_U16_MAX_BIN_PIXELS
+                               else kernels.SPLIT_U16_MAX_BIN_PIXELS - 1)
         self._table_parts: dict[tuple[int, int], tuple] = {}
         self._items: dict[tuple[int, int], np.ndarray] = {}
 
@@ -251,9 +260,9 @@ class Corrections:
             return self.table
         part = self._table_parts.get((start, stop))
         if part is None:
-            bins, w0, ex_pix, ex_bin, ex_w = self.table
+            bins, u, ex_pix, ex_bin, ex_w = self.table
             lo, hi = np.searchsorted(ex_pix, (start, stop))
-            part = (bins[start:stop], w0[start:stop], (ex_pix[lo:hi] - start).astype(np.int32),
+            part = (bins[start:stop], u[start:stop], (ex_pix[lo:hi] - start).astype(np.int32),
                     ex_bin[lo:hi], ex_w[lo:hi])
             self._table_parts[(start, stop)] = part
         return part

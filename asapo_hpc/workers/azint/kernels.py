@@ -1,8 +1,9 @@
 """Numba kernels for radial integration; each has a NumPy twin in :mod:`.reference`.
 
 Per-frame kernels read only the frame and a per-pixel bin index (no split), a pixel-major
-table (split modes, integer frames: first bin + one float32 weight per pixel, the few pixels
-over 3+ bins in a short list) or the CSR matrix (split modes with per-pixel checks). All
+table (split modes, integer frames: first bin + one uint16 fixed-point weight per pixel, the
+few pixels over 3+ bins in a short list; uint16 frames summed in exact integers) or the CSR
+matrix (split modes with per-pixel checks). All
 stream the frame once, in pixel order, into private per-thread bins; work items are handed
 out through an atomic counter. Sums that do not depend on the frame (normalisation, count,
 dark) are precomputed per bin; pixels found invalid in a frame (NaN, dummy) are subtracted
@@ -34,7 +35,17 @@ PACK_MAX_PIXELS = LANES * ((1 << 23) - 1)
 #: into their own private bins (numba.parallel_chunksize costs ~2 ms per call here). The
 #: passes take the thread count as an argument: numba.get_num_threads() is the usual value.
 CHUNK = 1 << 14
-SPLIT_LANES = 2  # sub-histograms of the 2-bin split pass (2 x 32 kB for 1000 bins)
+#: Sub-histograms of the 2-bin split passes (4 x 32 kB for 1000 bins, in L2): consecutive
+#: pixels often share a bin (runs of ~3.4 on a 9.4 Mpixel frame, 1000 bins); 4 lanes cut
+#: the store-to-load chains 2 left (uint16 pass on one thread: 10.0 -> 8.8 ms; 8: no gain).
+SPLIT_LANES = 4
+#: Fixed-point unit of the split weights of two-bin pixels: the engines round the weight of
+#: the second bin to a multiple of 1/WEIGHT_ONE (:func:`quantize_pairs`), the pixel table
+#: stores it as a uint16 count of those, and the uint16 pass sums in exact integers.
+WEIGHT_ONE = 1 << 15
+#: :func:`split_pass_u16` is exact while every bin takes fewer pixels than this in one call
+#: (its largest per-pixel term, (WEIGHT_ONE)² x 65535 < 2^46, summed in a uint64).
+SPLIT_U16_MAX_BIN_PIXELS = 1 << 18
 #: The no-split pass prefetches (non-temporal) the frame and bin index this many pixels
 #: ahead, one 64-byte line of each per PREFETCH_BLOCK pixels: ~14 % faster on one thread
 #: (stitched Lambda 9M, 1000 bins), as the streamed lines no longer evict the histograms.
@@ -114,6 +125,41 @@ def add_row4(typingctx, flat, row, x0, x1, x2, x3):
         for i in range(4):
             vec = builder.insert_element(vec, args[2 + i], ir.Constant(ir.IntType(32), i))
         builder.store(builder.fadd(builder.load(vptr, align=8), vec), vptr, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def add_row4_from(typingctx, flat, row, buf, i):
+    """``flat[4*row : 4*row + 4] += buf[4*i : 4*i + 4]`` as one 4-vector add (float64 or
+    uint64, both arrays alike).
+
+    The scatter half of the split passes: the four sums of a pixel were computed
+    beforehand, vectorised across pixels, into ``buf``; here they are one vector load and
+    one read-modify-write of the bin's row.
+    """
+    same = (isinstance(flat, types.Array) and isinstance(buf, types.Array)
+            and flat.ndim == 1 and buf.ndim == 1 and flat.dtype == buf.dtype
+            and flat.dtype in (types.float64, types.uint64))
+    if not same:
+        return None
+    sig = types.void(flat, types.intp, buf, types.intp)
+    is_float = flat.dtype == types.float64
+
+    def codegen(context, builder, signature, args):
+        vty = ir.VectorType(ir.DoubleType() if is_float else ir.IntType(64), 4)
+        two = context.get_constant(types.intp, 2)
+
+        def row_ptr(aty, arr, index):
+            ary = context.make_array(aty)(context, builder, arr)
+            ptr = cgutils.get_item_pointer(context, builder, aty, ary, [builder.shl(index, two)])
+            return builder.bitcast(ptr, vty.as_pointer())
+
+        dst = row_ptr(signature.args[0], args[0], args[1])
+        src = row_ptr(signature.args[2], args[2], args[3])
+        add = builder.fadd if is_float else builder.add
+        builder.store(add(builder.load(dst, align=8), builder.load(src, align=8)), dst, align=8)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -271,6 +317,44 @@ def full_csr(corner_rad, corner_chi, valid, lo, hi, npt):
     return data, indices, indptr
 
 
+@njit(cache=True)
+def quantize_pairs(data, indices, indptr, npix):
+    """Copy of a CSR matrix's data, two-bin pixels' weights in steps of 1/WEIGHT_ONE.
+
+    A pixel with entries (b, 1 - w), (b + 1, w) (summing to 1 in float32, as the builders
+    make them) gets (b, 1 - q), (b + 1, q) with q = round(w·WEIGHT_ONE) / WEIGHT_ONE: both
+    exact in float32, so every pass (float CSR gather, float or integer pixel-major pass)
+    sums with the very same matrix. Other pixels keep their weights. The change of a
+    weight is at most 2^-16, far below the differences to pyFAI's own splitting.
+    """
+    npt = indptr.size - 1
+    seen = np.zeros(npix, np.int8)  # entries met so far, capped at 3
+    first = np.empty(npix, np.int32)  # position in data of the pixel's first entry
+    second = np.empty(npix, np.int32)
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            if seen[j] == 0:
+                first[j] = k
+            elif seen[j] == 1:
+                second[j] = k
+            seen[j] = min(seen[j] + 1, 3)
+    out = data.copy()
+    rows = np.empty(data.size, np.int32)  # bin of every entry, to check the pair is b, b + 1
+    for b in range(npt):
+        rows[indptr[b]:indptr[b + 1]] = b
+    for j in range(npix):
+        if seen[j] != 2:
+            continue
+        k0, k1 = first[j], second[j]
+        if rows[k1] != rows[k0] + 1 or data[k1] != np.float32(1.0) - data[k0]:
+            continue
+        q = np.round(np.float64(data[k1]) * WEIGHT_ONE)
+        out[k1] = np.float32(q / WEIGHT_ONE)
+        out[k0] = np.float32((WEIGHT_ONE - q) / WEIGHT_ONE)
+    return out
+
+
 @njit(parallel=True, cache=True)
 def csr_static_sums(data, indices, indptr, norm, dark):
     """Frame-independent per-bin sums: Σc·n, Σc²·n², Σc·[n>0], Σc·dark."""
@@ -423,16 +507,18 @@ def hist_packed_u16(raw, bins, npt, nthreads):
 
 
 @njit(cache=True)
-def pixel_table(data, indices, indptr, npix, bins, w0):
-    """Pixel-major form of a CSR matrix (rows = bins) for the 2-bin split pass.
+def pixel_table(data, indices, indptr, npix, bins, u):
+    """Pixel-major form of a CSR matrix (rows = bins) for the 2-bin split passes.
 
     A pixel with one entry of weight 1, or two entries in consecutive bins b, b+1 with
-    weights w and float32(1 - w), is stored as ``bins[j] = b``, ``w0[j] = w``; every other
+    weights 1 - q, q (q a multiple of 1/WEIGHT_ONE, see :func:`quantize_pairs`) is stored
+    as ``bins[j] = b``, ``u[j] = q·WEIGHT_ONE`` (uint16; 0 for one entry); every other
     pixel (absent, 3+ bins, other weights) gets ``bins[j] = npt`` and its entries go to
     the returned pixel-sorted COO lists (pixel int32, bin int32, weight float32).
     """
     npt = indptr.size - 1
     state = np.zeros(npix, np.int8)  # 0 absent, 1 one entry, 2 pair, 3 exception
+    w0 = np.empty(npix, np.float32)  # weight of the first entry
     for b in range(npt):
         for k in range(indptr[b], indptr[b + 1]):
             j = indices[k]
@@ -448,11 +534,16 @@ def pixel_table(data, indices, indptr, npix, bins, w0):
                 state[j] = 3
     count = np.zeros(npix + 1, np.int64)
     for j in range(npix):
-        if state[j] == 1 and w0[j] != 1.0:
+        q = np.float64(np.float32(1.0) - w0[j]) * WEIGHT_ONE  # second weight, fixed point
+        # both weights must be what u stands for (1 - 2^-30 and 2^-30 are a float32 pair),
+        # in 0 .. 1 (the integer pass's unsigned terms)
+        exact = (q == math.floor(q) and 0.0 <= q <= WEIGHT_ONE
+                 and np.float64(w0[j]) == 1.0 - q / WEIGHT_ONE)
+        if (state[j] == 1 and w0[j] != 1.0) or (state[j] == 2 and not exact):
             state[j] = 3
         if state[j] == 0 or state[j] == 3:
             bins[j] = npt
-            w0[j] = 1.0
+        u[j] = np.uint16(q) if state[j] == 2 else np.uint16(0)
     for b in range(npt):
         for k in range(indptr[b], indptr[b + 1]):
             if state[indices[k]] == 3:
@@ -473,15 +564,14 @@ def pixel_table(data, indices, indptr, npix, bins, w0):
 
 
 @njit(parallel=True, cache=True)
-def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt, nthreads):
-    """Split-mode pass for integer frames without dynamic validity checks.
+def split_pass(raw, bins, u, ex_pix, ex_bin, ex_w, npt, nthreads):
+    """Split-mode pass for integer frames without dynamic validity checks (float sums).
 
-    Pixel order, frame read once: pixel j adds w0·raw to bin ``bins[j]`` and
-    float32(1 - w0)·raw to the next one (``bins[j] == npt``: nowhere), then the few
+    Pixel order, frame read once: pixel j adds (1 - c)·raw to bin ``bins[j]`` and c·raw
+    to the next one, c = u[j] / WEIGHT_ONE (``bins[j] == npt``: nowhere), then the few
     pixels of the COO lists add their entries. Private per-thread bins; work items handed
-    out dynamically. Returns (2, npt) float64: Σc·raw,
-    Σc²·max(raw, 1) — the same sums as :func:`csr_pass` over the matrix
-    :func:`pixel_table` was made from.
+    out dynamically. Returns (2, npt) float64: Σc·raw, Σc²·max(raw, 1) — the same sums as
+    :func:`csr_pass` over the matrix :func:`pixel_table` was made from.
 
     A pixel's four sums (its share of bin b and of bin b + 1, signal and variance) go to
     four adjacent float64 of bin b's row, ``acc[.., b, :] = (Σc0·r, Σc0²·rv, Σc1·r,
@@ -498,52 +588,180 @@ def split_pass(raw, bins, w0, ex_pix, ex_bin, ex_w, npt, nthreads):
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         a = acc[t]
+        buf = np.empty(4 * PREFETCH_BLOCK)  # one block's per-pixel sums (see _split_block)
         while True:
             c = fetch_add(counter, 0, 1)
             if c >= nch + nchx:
                 break
             if c < nch:
-                _split_chunk(raw, bins, w0, c * CHUNK, min(n, (c + 1) * CHUNK), flat[t],
-                             npt + 1)
+                _split_chunk(raw, bins, u, c * CHUNK, min(n, (c + 1) * CHUNK), flat[t],
+                             npt + 1, buf)
             else:
-                start = (c - nch) * CHUNK
-                for m in range(start, min(nex, start + CHUNK)):
-                    r = np.float64(np.float32(raw[ex_pix[m]]))
-                    w = np.float64(ex_w[m])
-                    a[0, ex_bin[m], 0] += w * r
-                    a[0, ex_bin[m], 1] += w * w * max(r, 1.0)
+                _split_listed(raw, ex_pix, ex_bin, ex_w, (c - nch) * CHUNK, a[0], 0)
     out = np.zeros((2, npt))
     for t in range(nt):
         for k in range(SPLIT_LANES):
             for b in range(npt):
                 out[0, b] += acc[t, k, b, 0]
                 out[1, b] += acc[t, k, b, 1]
-            for b in range(npt - 1):  # the b + 1 shares (bin npt - 1 has none: w0 = 1)
+            for b in range(npt - 1):  # the b + 1 shares (bin npt - 1 has none: u = 0)
                 out[0, b + 1] += acc[t, k, b, 2]
                 out[1, b + 1] += acc[t, k, b, 3]
     return out
 
 
 @njit(inline="always")
-def _split_pixel(raw, bins, w0, p, flat, row0):
-    r = np.float64(np.float32(raw[p]))  # float32 values, as pyFAI
-    rv = max(r, 1.0)
-    c0 = np.float64(w0[p])
-    c1 = np.float64(np.float32(1.0) - w0[p])
-    add_row4(flat, row0 + bins[p], c0 * r, c0 * c0 * rv, c1 * r, c1 * c1 * rv)
+def _split_listed(raw, ex_pix, ex_bin, ex_w, start, out, col):
+    """Entries start .. start + CHUNK of the COO lists: Σc·r, Σc²·max(r, 1) into
+    ``out[bin, col]``, ``out[bin, col + 1]`` (float sums, any integer frame)."""
+    for m in range(start, min(ex_pix.size, start + CHUNK)):
+        r = np.float64(np.float32(raw[ex_pix[m]]))
+        w = np.float64(ex_w[m])
+        out[ex_bin[m], col] += w * r
+        out[ex_bin[m], col + 1] += w * w * max(r, 1.0)
 
 
 @njit(inline="always")
-def _split_chunk(raw, bins, w0, start, stop, flat, lane_rows):
-    """Pixels start .. stop, consecutive ones into alternating sub-histograms (lanes)."""
-    start, stop = np.uint64(start), np.uint64(stop)  # unsigned: no wraparound code
-    lanes = np.uint64(SPLIT_LANES)
-    stop2 = start + (stop - start) // lanes * lanes
-    for p in range(start, stop2, lanes):
+def _split_sums(r16, u16):
+    """Float sums of one pixel: (c0·r, c0²·rv, c1·r, c1²·rv), c1 = u / WEIGHT_ONE."""
+    r = np.float64(np.float32(r16))  # float32 values, as pyFAI
+    rv = max(r, 1.0)
+    c1 = np.float64(u16) * (1.0 / WEIGHT_ONE)  # both exact: u < 2^16
+    c0 = 1.0 - c1
+    return c0 * r, c0 * c0 * rv, c1 * r, c1 * c1 * rv
+
+
+@njit(inline="always")
+def _split_pixel(raw, bins, u, p, flat, row0):
+    x0, x1, x2, x3 = _split_sums(raw[p], u[p])
+    add_row4(flat, row0 + bins[p], x0, x1, x2, x3)
+
+
+@njit(inline="always")
+def _scatter_block(bb, flat, lane_rows, buf):
+    """Add row i of ``buf`` to bin ``bb[i]``, pixel i into lane i % SPLIT_LANES."""
+    for i in range(0, PREFETCH_BLOCK, SPLIT_LANES):
         for k in range(SPLIT_LANES):
-            _split_pixel(raw, bins, w0, p + np.uint64(k), flat, k * lane_rows)
-    for p in range(stop2, stop):
-        _split_pixel(raw, bins, w0, p, flat, 0)
+            add_row4_from(flat, k * lane_rows + bb[i + k], buf, i + k)
+
+
+@njit(inline="always")
+def _split_block(raw, bins, u, q, flat, lane_rows, buf):
+    """Pixels q .. q + PREFETCH_BLOCK: their sums first, then one row update each.
+
+    Computing the four sums in a loop of its own lets LLVM vectorise it across pixels (one
+    pixel at a time, building the 4-vector cost more than the update itself).
+    """
+    block = np.uint64(PREFETCH_BLOCK)
+    r16, w, bb = raw[q:q + block], u[q:q + block], bins[q:q + block]
+    for i in range(PREFETCH_BLOCK):
+        buf[4 * i], buf[4 * i + 1], buf[4 * i + 2], buf[4 * i + 3] = _split_sums(r16[i], w[i])
+    _scatter_block(bb, flat, lane_rows, buf)
+
+
+@njit(inline="always")
+def _prefetch_table(raw, bins, u, p):
+    """Prefetch (non-temporal) the lines of pixel p + PREFETCH_AHEAD: one line of each
+    2-byte column holds PREFETCH_BLOCK pixels."""
+    ahead = min(np.int64(p) + PREFETCH_AHEAD, raw.size - 1)  # stay inside the arrays
+    prefetch_nta(raw, ahead)
+    prefetch_nta(bins, ahead)
+    prefetch_nta(u, ahead)
+
+
+@njit(inline="always")
+def _split_chunk(raw, bins, u, start, stop, flat, lane_rows, buf):
+    """Pixels start .. stop in blocks of PREFETCH_BLOCK, consecutive ones into different
+    sub-histograms (lanes), the table prefetched ahead."""
+    start, stop = np.uint64(start), np.uint64(stop)  # unsigned: no wraparound code
+    block = np.uint64(PREFETCH_BLOCK)
+    stop_b = start + (stop - start) // block * block
+    for q in range(start, stop_b, block):
+        _prefetch_table(raw, bins, u, q)
+        _split_block(raw, bins, u, q, flat, lane_rows, buf)
+    for p in range(stop_b, stop):
+        _split_pixel(raw, bins, u, p, flat, 0)
+
+
+@njit(parallel=True, cache=True)
+def split_pass_u16(raw, bins, u, ex_pix, ex_bin, ex_w, npt, nthreads):
+    """:func:`split_pass` for uint16 frames, the pixel table's pixels summed in integers.
+
+    Bin b's row holds (Σr, Σu·r, Σu²·rv, Σ(WEIGHT_ONE - u)²·rv), rv = max(r, 1), in uint64:
+    exact (no rounding, no float add latency in the store-to-load chains of equal bins),
+    and turned into Σc·r, Σc²·rv of bins b and b + 1 once per call. Exact while no bin
+    takes :data:`SPLIT_U16_MAX_BIN_PIXELS` pixels in one call. The COO-listed pixels are
+    summed in float as in :func:`split_pass`. Returns (2, npt) float64.
+    """
+    n = raw.size
+    nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
+    acc = np.zeros((nt, SPLIT_LANES, npt + 1, 4), np.uint64)
+    flat = acc.reshape(nt, -1)  # per thread: rows of 4, lane k's bin b at k*(npt+1) + b
+    listed = np.zeros((nt, npt, 2))
+    nch = (n + CHUNK - 1) // CHUNK
+    nchx = (ex_pix.size + CHUNK - 1) // CHUNK
+    counter = np.zeros(1, np.int64)
+    for t in prange(nt):  # one iteration per thread; work items from the counter
+        buf = np.empty(4 * PREFETCH_BLOCK, np.uint64)
+        while True:
+            c = fetch_add(counter, 0, 1)
+            if c >= nch + nchx:
+                break
+            if c < nch:
+                _split_chunk_u16(raw, bins, u, c * CHUNK, min(n, (c + 1) * CHUNK), flat[t],
+                                 npt + 1, buf)
+            else:
+                _split_listed(raw, ex_pix, ex_bin, ex_w, (c - nch) * CHUNK, listed[t], 0)
+    return _split_u16_totals(acc, listed, npt)
+
+
+@njit(inline="always")
+def _split_sums_u16(buf, i, r16, u16):
+    r = np.uint64(r16)
+    rv = max(r, np.uint64(1))
+    w = np.uint64(u16)
+    v = np.uint64(WEIGHT_ONE) - w
+    buf[4 * i], buf[4 * i + 1], buf[4 * i + 2], buf[4 * i + 3] = r, w * r, w * w * rv, v * v * rv
+
+
+@njit(inline="always")
+def _split_chunk_u16(raw, bins, u, start, stop, flat, lane_rows, buf):
+    """:func:`_split_chunk` with integer sums; the tail pixels go through ``buf`` too."""
+    start, stop = np.uint64(start), np.uint64(stop)  # unsigned: no wraparound code
+    block = np.uint64(PREFETCH_BLOCK)
+    stop_b = start + (stop - start) // block * block
+    for q in range(start, stop_b, block):
+        _prefetch_table(raw, bins, u, q)
+        r16, w, bb = raw[q:q + block], u[q:q + block], bins[q:q + block]
+        for i in range(PREFETCH_BLOCK):  # vectorised across pixels, as in _split_block
+            _split_sums_u16(buf, i, r16[i], w[i])
+        _scatter_block(bb, flat, lane_rows, buf)
+    for p in range(stop_b, stop):
+        _split_sums_u16(buf, 0, raw[p], u[p])
+        add_row4_from(flat, bins[p], buf, 0)
+
+
+@njit(cache=True)
+def _split_u16_totals(acc, listed, npt):
+    """(2, npt) Σc·r, Σc²·rv from the integer rows of every thread and lane (shares of
+    bins b and b + 1) plus the float sums of the listed pixels."""
+    one = np.float64(WEIGHT_ONE)
+    out = np.zeros((2, npt))
+    for b in range(npt):
+        tot = np.zeros(4, np.uint64)  # < 2^64: under SPLIT_U16_MAX_BIN_PIXELS pixels
+        for t in range(acc.shape[0]):
+            for k in range(SPLIT_LANES):
+                tot += acc[t, k, b]
+        out[0, b] += np.float64(np.uint64(WEIGHT_ONE) * tot[0] - tot[1]) / one
+        out[1, b] += np.float64(tot[3]) / (one * one)
+        if b + 1 < npt:  # bin npt - 1 has no b + 1 share: u = 0
+            out[0, b + 1] += np.float64(tot[1]) / one
+            out[1, b + 1] += np.float64(tot[2]) / (one * one)
+    for t in range(listed.shape[0]):
+        for b in range(npt):
+            out[0, b] += listed[t, b, 0]
+            out[1, b] += listed[t, b, 1]
+    return out
 
 
 @njit(parallel=True, cache=True)

@@ -128,12 +128,32 @@ def csr_integrate_reference(
     return tuple(out)
 
 
-def pixel_table_reference(data, indices, indptr, npix: int):
-    """Pixel-major form of a CSR matrix (see kernels.pixel_table): (bins, w0, pix, bin, w).
+def quantize_pairs_reference(data, indices, indptr, npix: int, one: int):
+    """Data of a CSR matrix with two-bin pixels' weights in steps of 1/``one`` (see
+    kernels.quantize_pairs): entries (b, 1 - w), (b + 1, w) -> (b, 1 - q), (b + 1, q),
+    q = round(w·one) / one."""
+    npt = indptr.size - 1
+    rows = np.repeat(np.arange(npt), np.diff(indptr))
+    order = np.lexsort((rows, indices))  # by pixel, then bin
+    pix, row, w = indices[order], rows[order], data[order]
+    nper = np.bincount(pix, minlength=npix)
+    first = np.concatenate(([0], np.cumsum(nper)[:-1]))
+    f = first[np.flatnonzero(nper == 2)]
+    pair = (row[f + 1] == row[f] + 1) & (w[f + 1] == np.float32(1.0) - w[f])
+    f = f[pair]
+    q = np.round(w[f + 1].astype(np.float64) * one)
+    out = data.copy()
+    out[order[f + 1]] = (q / one).astype(np.float32)
+    out[order[f]] = ((one - q) / one).astype(np.float32)
+    return out
 
-    Pixels with one entry of weight 1, or entries (b, w), (b + 1, float32(1 - w)), get
-    ``bins = b``, ``w0 = w``; the others ``bins = npt`` and their entries in COO lists
-    sorted by pixel then bin.
+
+def pixel_table_reference(data, indices, indptr, npix: int, one: int):
+    """Pixel-major form of a CSR matrix (see kernels.pixel_table): (bins, u, pix, bin, w).
+
+    Pixels with one entry of weight 1, or entries (b, 1 - q), (b + 1, q) with q·``one`` a
+    whole number, get ``bins = b``, ``u = q·one`` (0 for one entry); the others
+    ``bins = npt`` and their entries in COO lists sorted by pixel then bin.
     """
     npt = indptr.size - 1
     rows = np.repeat(np.arange(npt), np.diff(indptr))
@@ -142,26 +162,29 @@ def pixel_table_reference(data, indices, indptr, npix: int):
     nper = np.bincount(pix, minlength=npix)
     first = np.concatenate(([0], np.cumsum(nper)[:-1]))
     bins = np.full(npix, npt, np.int64)
-    w0 = np.ones(npix, np.float32)
+    u = np.zeros(npix, np.uint16)
     simple = np.zeros(npix, bool)
-    one = np.flatnonzero(nper == 1)
-    simple[one] = w[first[one]] == 1.0
+    one_entry = np.flatnonzero(nper == 1)
+    simple[one_entry] = w[first[one_entry]] == 1.0
     two = np.flatnonzero(nper == 2)
     f = first[two]
-    simple[two] = (row[f + 1] == row[f] + 1) & (w[f + 1] == np.float32(1.0) - w[f])
+    q = w[f + 1].astype(np.float64) * one
+    simple[two] = ((row[f + 1] == row[f] + 1) & (w[f + 1] == np.float32(1.0) - w[f])
+                   & (q == np.floor(q)) & (q >= 0) & (q <= one)
+                   & (w[f].astype(np.float64) == 1.0 - q / one))
     has = nper > 0
     bins[simple] = row[first[simple]]
-    w0[simple] = w[first[simple]]
+    u[two[simple[two]]] = q[simple[two]]
     ex = ~simple[pix] & has[pix]
-    return bins, w0, pix[ex].astype(np.int32), row[ex].astype(np.int32), w[ex]
+    return bins, u, pix[ex].astype(np.int32), row[ex].astype(np.int32), w[ex]
 
 
-def split_pass_reference(raw, bins, w0, ex_pix, ex_bin, ex_w, npt: int):
+def split_pass_reference(raw, bins, u, ex_pix, ex_bin, ex_w, npt: int, one: int):
     """(2, npt) Σc·raw, Σc²·max(raw, 1) of the pixel-major table (see kernels.split_pass)."""
     r = np.asarray(raw).astype(np.float32).astype(np.float64).ravel()
     rv = np.maximum(r, 1.0)
-    c0 = w0.astype(np.float64)
-    c1 = (np.float32(1.0) - w0).astype(np.float64)
+    c1 = u.astype(np.float64) / one
+    c0 = 1.0 - c1
     ex_c = ex_w.astype(np.float64)
     cols = np.concatenate([bins, np.asarray(bins, np.int64) + 1, ex_bin])
     out = np.zeros((2, npt))
