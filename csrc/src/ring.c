@@ -1460,6 +1460,27 @@ static int take_new(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
     return -EAGAIN;
 }
 
+/* A group's window [floor, next) read as one: both move while we read them, so a pair read
+ * apart can look wider than the ring (an old floor with a new next). Re-read until the
+ * floor held still around the read of next. -EAGAIN if it never did (members busy),
+ * -EBADMSG for a window that is impossible while it holds still (a damaged segment). */
+static int group_window(const struct ahr_ring *r, const struct seg_group *g, uint64_t *floor,
+                        uint64_t *next)
+{
+    for (uint32_t tries = 0; tries < 1024; tries++) {
+        uint64_t f = load_acquire(&g->floor);
+        uint64_t nx = load_acquire(&g->next);
+        if (load_acquire(&g->floor) != f)
+            continue;
+        if (nx < f || nx - f > r->cfg.slot_count)
+            return -EBADMSG;
+        *floor = f;
+        *next = nx;
+        return 0;
+    }
+    return -EAGAIN;
+}
+
 /* Liveness answers remembered for one scan: owners are few, claims many. */
 struct owner_cache {
     uint32_t n;
@@ -1501,9 +1522,10 @@ static int redeliver(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
                      int check_owners, struct ahr_msg *out)
 {
     struct seg_group *g = &r->groups[gi];
-    uint64_t f = load_acquire(&g->floor), nx = load_acquire(&g->next);
-    if (nx < f || nx - f > r->cfg.slot_count)
-        return -EBADMSG;
+    uint64_t f, nx;
+    int rc = group_window(r, g, &f, &nx);
+    if (rc)
+        return rc;
     uint64_t now_ms = mono_ns() / 1000000ull;
     /* Our own claims' owner is alive without asking /proc (a member holding a batch would
      * otherwise read its own /proc/<pid>/stat before every sleep). */
@@ -1774,10 +1796,10 @@ int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_
     int rc = resolve(r, group, m, &gi);
     if (rc || !seq)
         return rc ? rc : -EINVAL;
-    const struct seg_group *g = &r->groups[gi];
-    uint64_t f = load_acquire(&g->floor), nx = load_acquire(&g->next);
-    if (nx < f || nx - f > r->cfg.slot_count)
-        return -EBADMSG;
+    uint64_t f, nx;
+    rc = group_window(r, &r->groups[gi], &f, &nx);
+    if (rc)
+        return rc == -EAGAIN ? -ENOENT : rc; /* members kept moving it: not found now */
     for (uint64_t s = f; s < nx;) {
         const struct seg_desc *d = &r->descs[s & r->mask];
         uint64_t ss = load_acquire(&d->seqstate);
