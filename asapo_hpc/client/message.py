@@ -19,12 +19,7 @@ if TYPE_CHECKING:
 MSG_FIELDS = struct.Struct("<6Q8I")
 MSG_SIZE = MSG_FIELDS.size
 MSG_WORDS = MSG_SIZE // 8  # a descriptor as 64-bit words: seq, id, data_offset, data_len, ...
-MSG_DTYPE = np.dtype([(name, "<u8") for name in ("seq", "id", "data_offset", "data_len",
-                                                 "name_offset", "timestamp_ns")] +
-                     [(name, "<u4") for name in ("name_len", "meta_len", "stream", "flags",
-                                                 "ds_substream", "ds_size", "attempts",
-                                                 "span")])
-assert MSG_DTYPE.itemsize == MSG_SIZE
+assert MSG_SIZE == ffi.sizeof("struct ahr_msg")  # the format follows the C layout
 
 FINISH_NAME = "asapo_finish_stream"
 NO_NEXT_STREAM = "asapo_no_next"
