@@ -57,18 +57,24 @@ def _publish(config: NodeConfig, n: int) -> None:
         producer.send_stream_finished_flag("default", n)
 
 
+def _record(config: NodeConfig, n: int, wait_for) -> tuple[dict, Catalog]:
+    """Publish n frames and the finish marker through a node service; wait until the
+    stream is finished and every frame located. The source's counters and the catalog."""
+    with NodeService(config) as service:
+        _publish(config, n)
+        catalog = Catalog(config.catalog_path)
+        wait_for(lambda: _finished(catalog), "the finished stream")
+        wait_for(lambda: _all_located(catalog, n), "locations")
+    return service.counters()["det"], catalog
+
+
 def test_small_messages_share_location_transactions(shm_prefix, tmp_path, node_config,
                                                    wait_for, monkeypatch):
     located = _CountedLocations(monkeypatch)
     # a bound far longer than publishing takes: the burst is collected in very few claims
     config = node_config(tmp_path, record_batch_ms=500)
     n = 40
-    with NodeService(config) as service:
-        _publish(config, n)
-        catalog = Catalog(config.catalog_path)
-        wait_for(lambda: _finished(catalog), "the finished stream")
-        wait_for(lambda: _all_located(catalog, n), "locations")
-    counters = service.counters()["det"]
+    counters, catalog = _record(config, n, wait_for)
     assert sum(located.calls) == n
     assert len(located.calls) <= 3, located.calls  # unbatched: up to one per message
     assert counters["streams"]["default"]["messages_written"] == n
@@ -96,14 +102,10 @@ def test_a_batch_holds_at_most_half_the_ring(shm_prefix, tmp_path, node_config, 
     source = SourceConfig("det", frame_shape=FRAME_SHAPE, dtype="uint16", ring=ring)
     config = node_config(tmp_path, sources=(source,), record_batch_ms=1000)
     n = 40
-    with NodeService(config) as service:
-        _publish(config, n)
-        catalog = Catalog(config.catalog_path)
-        wait_for(lambda: _finished(catalog), "the finished stream")
-        wait_for(lambda: _all_located(catalog, n), "locations")
+    counters, catalog = _record(config, n, wait_for)
     assert sum(batches) == n
     assert max(batches) <= 8, batches  # the ring (16 messages) would hold them all
-    assert service.counters()["det"]["sink_acked"] == n + 1
+    assert counters["sink_acked"] == n + 1
     catalog.close()
 
 
@@ -111,12 +113,8 @@ def test_batching_off_records_every_claim_at_once(shm_prefix, tmp_path, node_con
                                                   wait_for):
     config = node_config(tmp_path, record_batch_ms=0)
     n = 10
-    with NodeService(config) as service:
-        _publish(config, n)
-        catalog = Catalog(config.catalog_path)
-        wait_for(lambda: _finished(catalog), "the finished stream")
-        wait_for(lambda: _all_located(catalog, n), "locations")
-    assert service.counters()["det"]["sink_acked"] == n + 1
+    counters, catalog = _record(config, n, wait_for)
+    assert counters["sink_acked"] == n + 1
     catalog.close()
 
 
