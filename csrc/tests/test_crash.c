@@ -93,6 +93,16 @@ static void check_msg(struct ahr_ring *r, const struct ahr_msg *m)
         CHECK(d[i] == pattern(m->id, i));
 }
 
+/* In a child: attach to the parent's segment and join it as `role` (exits on failure). */
+static struct ahr_ring *child_join(const char *name, uint32_t role, int *member)
+{
+    struct ahr_ring *cr;
+    CCHECK(ahr_attach(name, &cr) == 0);
+    *member = ahr_join(cr, role);
+    CCHECK(*member >= 0);
+    return cr;
+}
+
 static void kill_child(pid_t pid)
 {
     int st;
@@ -150,10 +160,8 @@ static void test_consumer_killed(void)
     CHECK_RC(pipe(pfd), 0);
     pid_t pid = spawn();
     if (pid == 0) {
-        struct ahr_ring *cr;
-        CCHECK(ahr_attach(names[n_names - 1], &cr) == 0);
-        int m = ahr_join(cr, AHR_ROLE_CONSUMER);
-        CCHECK(m >= 0);
+        int m;
+        struct ahr_ring *cr = child_join(names[n_names - 1], AHR_ROLE_CONSUMER, &m);
         struct ahr_msg msg;
         for (int i = 0; i < 3; i++)
             CCHECK(ahr_get_next(cr, (uint32_t)g, (uint32_t)m, 0, &msg) == 0 && msg.id == (uint64_t)i + 1);
@@ -197,10 +205,8 @@ static void test_producer_killed_reserved(void)
     CHECK_RC(pipe(pfd), 0);
     pid_t pid = spawn();
     if (pid == 0) {
-        struct ahr_ring *cr;
-        CCHECK(ahr_attach(names[n_names - 1], &cr) == 0);
-        int m = ahr_join(cr, AHR_ROLE_PRODUCER);
-        CCHECK(m >= 0);
+        int m;
+        struct ahr_ring *cr = child_join(names[n_names - 1], AHR_ROLE_PRODUCER, &m);
         struct ahr_reservation res;
         CCHECK(ahr_reserve(cr, (uint32_t)m, 200, 0, 0, &res) == 0);
         memset((char *)ahr_base(cr) + res.data_offset, 0xee, 100); /* half written */
@@ -243,10 +249,8 @@ static void kill_producers(struct ahr_ring *r, const char *name, int s, int g, i
     for (int it = 0; it < iterations; it++) {
         pid_t pid = spawn();
         if (pid == 0) {
-            struct ahr_ring *cr;
-            CCHECK(ahr_attach(name, &cr) == 0);
-            int m = ahr_join(cr, AHR_ROLE_PRODUCER);
-            CCHECK(m >= 0);
+            int m;
+            struct ahr_ring *cr = child_join(name, AHR_ROLE_PRODUCER, &m);
             uint8_t buf[4 * 512];
             for (int64_t carry = 0;;) {
                 int64_t id = carry ? carry : ahr_stream_next_id(cr, (uint32_t)s);
@@ -321,10 +325,8 @@ static void test_producer_killed_after_head(void)
     /* 1. exactly at the point: head moved by 3 with the intent recorded, no descriptor */
     pid_t pid = spawn();
     if (pid == 0) {
-        struct ahr_ring *cr;
-        CCHECK(ahr_attach(name, &cr) == 0);
-        int m = ahr_join(cr, AHR_ROLE_PRODUCER);
-        CCHECK(m >= 0);
+        int m;
+        struct ahr_ring *cr = child_join(name, AHR_ROLE_PRODUCER, &m);
         struct seg_member *e = seg_member_of(cr, (uint32_t)m);
         struct seg_header *h = seg_header_of(cr);
         uint64_t head = atomic_load(&h->head);
