@@ -39,13 +39,21 @@ together on 2 cores, gains ~10%.
 process left idle while the stitch and the simulator waited for ring room (+10-15% here),
 but the plain side's bottleneck is split N ways, so the ratio falls.
 
+Placement (both sides alike; ``--no-placement`` leaves it to the scheduler): the azint
+process(es) on the upper half of the CPUs, every other process (simulator, stitch, the node
+service / the plain side's collecting main process) on the lower half
+(``pipeline.placement.heaviest_apart``; the asapo side through the pipeline file's
+``cpus`` keys). On 2 cores the asapo side gains 8-13 %: unplaced, the light processes
+preempt the azint stage, which sets the rate; the plain side, bound by its numpy
+integration alone on a core, hardly changes.
+
 Per run it prints each process's CPU per frame (``breakdown``; asapo: also the time each
 stage spent working and waiting for input / for room downstream, and the node service's
 process as "node"). On 2 cores the asapo side is bound by the sum of its processes' CPU,
 the plain side by its slowest process.
 
     python bench/pipeline.py [--frames 200] [--repeats 3] [--azint-from-modules]
-                             [--azint-instances 1]
+                             [--azint-instances 1] [--no-placement]
 
 Writes bench/results/pipeline.json.
 """
@@ -66,6 +74,8 @@ from pathlib import Path
 
 import numpy as np
 
+from asapo_hpc.pipeline.placement import heaviest_apart, placed
+
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
 NPT = 1000
 UNIT = "q_nm^-1"
@@ -76,7 +86,7 @@ RAW_SLOTS, STITCHED_SLOTS = 16, 8
 
 
 def run_asapo(frames: int, root: Path, from_modules: bool = False,
-              azint_instances: int = 1) -> dict:
+              azint_instances: int = 1, split: bool = True) -> dict:
     from asapo_hpc.cli.demo import demo_spec, trace_span
     from asapo_hpc.pipeline import PipelineSpec, run_pipeline
     from asapo_hpc.pipeline.results import read_profiles
@@ -88,6 +98,10 @@ def run_asapo(frames: int, root: Path, from_modules: bool = False,
         src["record"] = src["name"] == "profiles"  # no raw recording (nor in (b))
     azint = next(s for s in values["stages"] if s["name"] == "azint")
     azint["instances"] = azint_instances
+    others, heavy = heaviest_apart() if split else ((), ())
+    values["node_cpus"] = values["simulate"]["cpus"] = others
+    for stage in values["stages"]:
+        stage["cpus"] = heavy if stage is azint else others
     if from_modules:  # azint beside stitch on the raw ring; "stitched" has no reader
         azint["input"] = "raw"
         azint["options"]["from_modules"] = True
@@ -312,7 +326,7 @@ def _azint_proc(in_name, in_free, in_q, prof_q, ready_q, from_modules, cpu_q, na
 
 
 def run_plain(frames: int, root: Path, from_modules: bool = False,
-              azint_instances: int = 1) -> dict:
+              azint_instances: int = 1, split: bool = True) -> dict:
     import h5py
 
     layout, _ = _layout_geometry()
@@ -340,17 +354,19 @@ def run_plain(frames: int, root: Path, from_modules: bool = False,
     procs += [ctx.Process(target=_azint_proc, args=(*az_in, q, prof_q, ready_q, from_modules,
                                                     cpu_q, name))
               for q, name in zip(az_qs, names, strict=True)]
+    others, heavy = heaviest_apart() if split else ((), ())
     t_wall = time.monotonic()
     try:
-        for p in procs:
-            p.start()
+        for i, p in enumerate(procs):  # as the asapo side: the azint process(es) apart
+            with placed("plain", heavy if i >= 2 else others):  # procs: sim, stitch, azint..
+                p.start()
         for _ in procs:
             ready_q.get(timeout=300)
         go.set()
         out = np.zeros((frames, 3, NPT))
         first_in, last_out = None, 0
         cpu_main0 = time.process_time()
-        with h5py.File(root / "plain_profiles.h5", "w") as f:
+        with placed("plain main", others), h5py.File(root / "plain_profiles.h5", "w") as f:
             dset = f.create_dataset("profiles", (frames, 3, NPT), np.float64)
             ended = 0
             while ended < azint_instances:
@@ -406,6 +422,10 @@ def main() -> None:
                     help="both sides integrate the raw modules beside the stitch (see above)")
     ap.add_argument("--azint-instances", type=int, default=1,
                     help="azint processes on both sides (frames split by id)")
+    ap.add_argument("--no-placement", action="store_true",
+                    help="leave every process where the OS puts it (default: on both sides "
+                         "the azint process(es) on the upper half of the CPUs, the rest on "
+                         "the lower half)")
     args = ap.parse_args()
     load_before = os.getloadavg()
     stitch_equal = check_stitch()
@@ -416,7 +436,7 @@ def main() -> None:
         for name, fn in (("asapo", run_asapo), ("plain", run_plain)):
             with tempfile.TemporaryDirectory(prefix="benchpipe") as tmp:
                 runs[name].append(fn(args.frames, Path(tmp), args.azint_from_modules,
-                                     args.azint_instances))
+                                     args.azint_instances, not args.no_placement))
             print(f"repeat {r + 1} {name:>5}: {runs[name][-1]['fps']:7.1f} frames/s "
                   f"({runs[name][-1]['seconds']:.2f} s streaming, "
                   f"{runs[name][-1]['wall']:.1f} s wall)", flush=True)
@@ -442,12 +462,15 @@ def main() -> None:
                    f"--repeats {args.repeats}"
                    + (" --azint-from-modules" if args.azint_from_modules else "")
                    + (f" --azint-instances {args.azint_instances}"
-                      if args.azint_instances != 1 else ""),
+                      if args.azint_instances != 1 else "")
+                   + (" --no-placement" if args.no_placement else ""),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "frames": args.frames, "repeats": args.repeats,
         "azint_from_modules": args.azint_from_modules,
         "azint_instances": args.azint_instances,
+        "placement": "none" if args.no_placement else "azint on the upper half of the CPUs, "
+                     "the other processes on the lower half, both sides",
         "raw_recording": "excluded in both; profiles recorded to HDF5 in both",
         "fps": fps, "ratio": ratio, "target_ratio": 10.0,
         "runs": {k: [{"fps": x["fps"], "streaming_s": x["seconds"], "wall_s": x["wall"],

@@ -38,6 +38,7 @@ from asapo_hpc._core import Segment
 from asapo_hpc.client import Producer
 from asapo_hpc.config import segment_name
 from asapo_hpc.errors import AsapoError, AsapoUnavailableServiceError
+from asapo_hpc.pipeline.placement import check_available, placed
 from asapo_hpc.pipeline.replay import replay_process
 from asapo_hpc.pipeline.spec import PipelineSpec
 from asapo_hpc.pipeline.stage import run_instance
@@ -167,6 +168,7 @@ class PipelineRunner:
     def run(self) -> PipelineResult:
         """Run to the end; raises PipelineError naming the failed stage(s)."""
         start = time.monotonic()
+        self._check_placement()
         try:
             self._create_rings()
             self._start_node_service()
@@ -182,6 +184,16 @@ class PipelineRunner:
                               cpu)
 
     # ------------------------------------------------------------------ setup
+
+    def _check_placement(self) -> None:
+        """Every ``cpus`` of the file usable here, before anything starts."""
+        spec = self.spec
+        check_available("node_cpus", spec.node_cpus)
+        for stage in spec.stages:
+            check_available(f"stage {stage.name!r}", stage.cpus)
+        for what, part in (("[simulate]", spec.simulate), ("[replay]", spec.replay)):
+            if part is not None:
+                check_available(what, part.cpus)
 
     def _create_rings(self) -> None:
         for source in self.spec.sources:
@@ -224,32 +236,33 @@ class PipelineRunner:
         config = NodeConfig(data_root=self.spec.data_root, beamtime=self.spec.beamtime,
                             sources=tuple(recorded), poll_ms=50,
                             sink=SinkSettings(compression=self.spec.compression))
-        self._service = NodeService(config).start()
+        with placed("node_cpus", self.spec.node_cpus):  # its threads inherit the placement
+            self._service = NodeService(config).start()
 
     def _start_processes(self) -> None:
         values = self.spec.to_dict()
         for stage in self.spec.stages:
             for i in range(stage.instances):
-                proc = self._ctx.Process(target=run_instance, name=f"asapo-{stage.name}-{i}",
-                                         args=(values, stage.name, i, self._reports,
-                                               self._stop), daemon=True)
-                proc.start()
-                self._procs[(stage.name, i)] = proc
+                self._spawn((stage.name, i), run_instance, f"asapo-{stage.name}-{i}",
+                            stage.cpus, (values, stage.name, i, self._reports, self._stop))
         if not self.spec.stages:
             self._cpu_at_go = time.process_time()
             self._go.set()
-        if self.spec.replay is not None:  # a stored stream feeds the first stage
-            proc = self._ctx.Process(target=replay_process, name="asapo-replay",
-                                     args=(values, self._reports, self._go, self._stop),
-                                     daemon=True)
+        sim, replay = self.spec.simulate, self.spec.replay
+        if replay is not None:  # a stored stream feeds the first stage
+            self._spawn(("replay", 0), replay_process, "asapo-replay", replay.cpus,
+                        (values, self._reports, self._go, self._stop))
+        if sim is not None:
+            self._spawn(("simulate", 0), _simulate_process, "asapo-simulate", sim.cpus,
+                        (values, self._reports, self._go, self._stop))
+
+    def _spawn(self, key: tuple[str, int], target: Callable, name: str,
+               cpus: tuple[int, ...], args: tuple) -> None:
+        """Start one process on ``cpus`` (it inherits them from this thread)."""
+        proc = self._ctx.Process(target=target, name=name, args=args, daemon=True)
+        with placed(f"{key[0]} cpus", cpus):
             proc.start()
-            self._procs[("replay", 0)] = proc
-        if self.spec.simulate is not None:
-            proc = self._ctx.Process(target=_simulate_process, name="asapo-simulate",
-                                     args=(values, self._reports, self._go, self._stop),
-                                     daemon=True)
-            proc.start()
-            self._procs[("simulate", 0)] = proc
+        self._procs[key] = proc
 
     # ------------------------------------------------------------------ watching
 

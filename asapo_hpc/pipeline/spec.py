@@ -25,6 +25,7 @@ A TOML file (``asapo-hpc pipeline run FILE``)::
     output = "stitched"
     instances = 1
     threads = 0                     # Numba threads per instance, 0 = auto
+    cpus = []                       # CPUs its processes run on, [] = any (placement.py)
     output_stream = "{stream}"      # output stream name from the input stream's
     [stages.options]                # given to the worker
     large_pixels = true
@@ -37,12 +38,18 @@ A TOML file (``asapo-hpc pipeline run FILE``)::
     frames = 100
     rate = 0                        # frames/s, 0 = as fast as possible
     stream = "default"
+    cpus = []                       # as a stage's
 
     [replay]                        # optional, instead of [simulate]: a stored stream feeds a
     source = "raw"                  #   source (not recorded again), read from disk
     stream = "scan1"                #   (asapo-hpc reprocess --pipeline writes this table)
     from_source = "raw"             # the stored source (default: source)
     data_root = ""                  # the stored data root (default: data_root)
+    cpus = []                       # as a stage's
+
+The top level may also say ``node_cpus = [0]``: the CPUs of the node service's threads
+(recording, catalog). Every ``cpus`` key is explicit placement, none is set by default:
+``pipeline.placement`` says how it is applied and why a busy node wants it.
 
 Relative paths (``layout``, ``poni`` options, data_root) are relative to the file's folder.
 """
@@ -60,6 +67,7 @@ import numpy as np
 from asapo_hpc._compat import tomllib
 from asapo_hpc.config import RingConfig, check_known_keys, check_name
 from asapo_hpc.errors import AsapoWrongInputError
+from asapo_hpc.pipeline.placement import check_cpus
 
 _SLOT_SLACK = 4096
 RESULT_ROWS = ("radial", "intensity", "sigma")  # rows of an azint output frame
@@ -109,6 +117,7 @@ class StageSpec:
     options: dict[str, Any] = field(default_factory=dict)
     batch: int = 32
     threads: int = 0  # Numba threads per instance; 0 = cores / busy processes (stage.py)
+    cpus: tuple[int, ...] = ()  # CPUs of its processes; () = any (placement.py)
 
     def group(self, index: int) -> str:
         """The consumer group of instance ``index``: each instance has its own (see stage.py)."""
@@ -131,6 +140,7 @@ class SimulateSpec:
     stream: str = "default"
     layout: str = ""
     seed: int = 0
+    cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,7 @@ class ReplaySpec:
     stream: str
     from_source: str = ""
     data_root: str = ""
+    cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,9 +168,11 @@ class PipelineSpec:
     detector: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
     extra_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    node_cpus: tuple[int, ...] = ()  # CPUs of the node service's threads; () = any
 
     def __post_init__(self) -> None:
         check_name(self.beamtime, "beamtime id", 80)
+        object.__setattr__(self, "node_cpus", check_cpus("node_cpus", self.node_cpus))
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise AsapoWrongInputError(f"pipeline: sources named twice: {names}")
@@ -222,10 +235,13 @@ class PipelineSpec:
         return {**self.detector, **stage.options}
 
     def stage_threads(self, stage: StageSpec) -> int:
-        """Numba threads of one instance of ``stage``: its ``threads``, else the cores over
-        every busy process (all stage instances, the simulator, the node service)."""
+        """Numba threads of one instance of ``stage``: its ``threads``, else its ``cpus``
+        over its instances, else the cores over every busy process (all stage instances,
+        the simulator, the node service)."""
         if stage.threads > 0:
             return stage.threads
+        if stage.cpus:
+            return max(1, len(stage.cpus) // stage.instances)
         busy = sum(s.instances for s in self.stages) + (self.simulate is not None) + \
             any(s.record for s in self.sources)
         return max(1, (os.cpu_count() or 1) // max(busy, 1))
@@ -283,6 +299,8 @@ def _make(cls: type, what: str, values: Any) -> Any:
     values = dict(values)
     if "frame_shape" in values:
         values["frame_shape"] = tuple(values["frame_shape"])
+    if "cpus" in values:
+        values["cpus"] = check_cpus(f"{what} {values.get('name', '')}".strip(), values["cpus"])
     return cls(**values)
 
 
