@@ -31,7 +31,6 @@ from asapo_hpc.errors import AsapoWrongInputError
 from asapo_hpc.geometry import PixelDetector, PoniGeometry
 from asapo_hpc.workers.azint import kernels
 from asapo_hpc.workers.azint.engines import (
-    UNIT_SCALE,
     EngineKey,
     NoSplitEngine,
     _Engine,
@@ -148,9 +147,6 @@ class CakeEngine(NoSplitEngine):
     def chi_centers(self) -> np.ndarray:
         """chi bin centres in degrees."""
         return np.rad2deg(0.5 * (self.chi_edges[1:] + self.chi_edges[:-1]))
-
-    def centers(self) -> np.ndarray:
-        return 0.5 * (self.edges[1:] + self.edges[:-1]) * UNIT_SCALE[self.key.unit]
 
 
 def cake_result(engine: CakeEngine, flat) -> Integrate2dResult:

@@ -102,7 +102,13 @@ class _Engine:
         self.name = f"asapo_hpc.azint.{key.method[0]}_{key.method[1]}_numba"
 
     def centers(self) -> np.ndarray:
-        """Bin centres in the output unit."""
+        """Bin centres in the output unit (a new array each call, computed once)."""
+        cached = self.__dict__.get("_centers_cache")
+        if cached is None:
+            cached = self._centers_cache = self._centers()
+        return cached.copy()
+
+    def _centers(self) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -125,7 +131,7 @@ class NoSplitEngine(_Engine):
             np.empty(pos.size, dtype),
         )
 
-    def centers(self) -> np.ndarray:
+    def _centers(self) -> np.ndarray:
         return 0.5 * (self.edges[1:] + self.edges[:-1]) * UNIT_SCALE[self.key.unit]
 
 
@@ -165,7 +171,7 @@ class CsrEngine(_Engine):
             return radial_range[0], upper_bound(radial_range[1])
         return max(0.0, float(lo.min())), upper_bound(max(0.0, float(hi.max())))
 
-    def centers(self) -> np.ndarray:
+    def _centers(self) -> np.ndarray:
         width = (self.hi - self.lo) / self.npt
         return (self.lo + (np.arange(self.npt) + 0.5) * width) * UNIT_SCALE[self.key.unit]
 
