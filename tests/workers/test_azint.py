@@ -293,6 +293,29 @@ def test_engine_cached_and_rebuilt_with_reason(frame, caplog):
     assert ai._engines[("bbox", "csr")] is not engine
 
 
+def test_repeated_calls_follow_every_change_of_arguments_masks_and_geometry(frame):
+    """The last call's engine key is reused only while nothing it depends on changed."""
+    g = PoniGeometry(0.1, 0.0128, 0.018)
+    ai, _ = make_pair(g)
+    first = ai.integrate1d(frame, NPT)
+    again = ai.integrate1d(frame, NPT)
+    np.testing.assert_array_equal(again.intensity, first.intensity)
+    assert again.radial is not first.radial  # callers may change their arrays
+    with pytest.raises(AsapoWrongInputError, match="npt must be a positive integer"):
+        ai.integrate1d(frame, True)  # equal to 1, still refused
+    mask = np.zeros(SHAPE, bool)
+    mask[:, :150] = True
+    masked = ai.integrate1d(frame, NPT, mask=mask)
+    assert masked.count.sum() == first.count.sum() / 2
+    other = np.zeros(SHAPE, bool)  # another mask object: another key
+    assert ai.integrate1d(frame, NPT, mask=other).count.sum() == first.count.sum()
+    g.dist = 0.12  # the geometry changed in place
+    moved = ai.integrate1d(frame, NPT)
+    assert not np.allclose(moved.radial, first.radial)
+    ai.integrate1d(frame, NPT, radial_range=np.array([1.0, 5.0]))  # arrays work, not memoised
+    assert ai.integrate1d(frame, 50, unit="q_nm^-1").radial.size == 50
+
+
 # ---------------------------------------------------------------------------------- errors
 def test_wrong_input_errors(frame):
     ai, _ = make_pair(GEOMETRIES["centred"])
