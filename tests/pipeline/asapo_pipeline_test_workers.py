@@ -23,3 +23,10 @@ def where(parts: list[np.ndarray], meta: dict, path: str = "") -> np.ndarray:
         json.dump({"cpus": sorted(os.sched_getaffinity(0)),
                    "threads": numba.get_num_threads()}, f)
     return np.array([float(parts[0].sum())])
+
+
+def report_affinity(queue) -> None:
+    """Process target: put the CPUs this process may run on."""
+    import os
+
+    queue.put(sorted(os.sched_getaffinity(0)))

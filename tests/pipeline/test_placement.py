@@ -72,17 +72,16 @@ def test_bad_cpus_are_refused_when_the_file_is_read(tmp_path, cpus, reason):
         PipelineSpec.from_dict(values)
 
 
-def _report_affinity(queue) -> None:
-    queue.put(sorted(os.sched_getaffinity(0)))
+def test_a_process_started_while_placed_keeps_the_placement(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))  # the spawned child imports its target from there
+    from asapo_pipeline_test_workers import report_affinity
 
-
-def test_a_process_started_while_placed_keeps_the_placement():
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     before = os.sched_getaffinity(0)
     with placed("test", [CPUS[-1]]):
         assert os.sched_getaffinity(0) == {CPUS[-1]}
-        proc = ctx.Process(target=_report_affinity, args=(queue,))
+        proc = ctx.Process(target=report_affinity, args=(queue,))
         proc.start()
     assert os.sched_getaffinity(0) == before
     assert queue.get(timeout=60) == [CPUS[-1]]
