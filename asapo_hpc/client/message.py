@@ -119,6 +119,15 @@ class Message:
                 raise self._bad_tail("metadata is not UTF-8 JSON", exc) from None
             return self._meta
 
+    @property
+    def meta_json(self) -> str:
+        """The metadata as its producer encoded it (JSON text; "{}" when there is none),
+        once it has parsed as ``meta`` does (same error otherwise): for storing it as text
+        without encoding it again."""
+        self.meta  # noqa: B018 - parses (and caches) it: the check
+        raw = self._tail_bytes()[self._fields[6]:]
+        return raw.decode() if raw else "{}"
+
     def _bad_tail(self, what: str, exc: Exception) -> AsapoCorruptSegmentError:
         # Python producers check their JSON, so: a C producer wrote it, or memory was damaged
         return AsapoCorruptSegmentError(

@@ -191,7 +191,7 @@ class Recorder:
 
     def _record_of(self, msg: Message) -> MessageRecord:
         try:
-            meta = msg.meta
+            meta = msg.meta_json  # parsed once to check it, stored as the producer wrote it
         except AsapoCorruptSegmentError as exc:
             event(logging.WARNING, "bad_metadata", source=self.name, stream=msg.stream,
                   id=msg.id, error=str(exc))

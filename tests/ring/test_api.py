@@ -4,6 +4,8 @@ dead letters, latest-value reads, finished streams, auto ids and ASAPO's factori
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,7 @@ from asapo_hpc.client import (
 )
 from asapo_hpc.config import RingConfig
 from asapo_hpc.errors import (
+    AsapoCorruptSegmentError,
     AsapoEndOfStreamError,
     AsapoLeaseExpiredError,
     AsapoNoDataError,
@@ -99,6 +102,9 @@ def test_metadata_name_and_record_round_trip(ring):
     assert (m1.meta, m1.name, m1.stream) == (meta, "raw/file_0001.h5", "default")
     assert (m2.meta, m2.name) == ({"json": "string"}, "")
     assert m3.meta == {}
+    # the text as the producer encoded it, for storing without a second encode
+    assert json.loads(m1.meta_json) == meta
+    assert (m2.meta_json, m3.meta_json) == ('{"json": "string"}', "{}")
     data, record = m1
     assert data.tobytes() == b"abc"
     assert {k: record[k] for k in ("_id", "size", "name", "stream", "meta")} == {
@@ -437,3 +443,22 @@ def test_a_batch_of_only_a_finish_marker_then_more_streams(ring):
     consumer.acknowledge_batch("g", batch)
     with pytest.raises(AsapoEndOfStreamError):
         consumer.get_next_batch("g", 64, timeout_ms=50)
+
+
+def test_metadata_a_c_producer_garbled_is_refused_by_meta_and_meta_json(ring):
+    """Bytes no Python producer would write (a C producer's, or damage): both ways of
+    reading the metadata raise the same clear error; data and id stay usable."""
+    from asapo_hpc._core._ring import lib
+
+    producer, consumer = ring()
+    name, meta = b"f", b"{\xff not json"
+    rc = lib.ahrpy_send(producer._ptr, producer._member, b"abc", 3, 1,
+                        producer._streams.index("default"), 0, 0, 0, name, len(name), meta,
+                        len(meta), 10**9)
+    assert rc == 0
+    msg = consumer.get_next("g", timeout_ms=T)
+    for read in (lambda: msg.meta, lambda: msg.meta_json):
+        with pytest.raises(AsapoCorruptSegmentError, match="metadata is not UTF-8 JSON"):
+            read()
+    assert (msg.id, msg.data.tobytes(), msg.name) == (1, b"abc", "f")
+    consumer.acknowledge("g", msg)
