@@ -112,6 +112,9 @@ class StageInstance:
         self.producer = Producer(spec.beamtime, stage.output, create=False,
                                  timeout_ms=PRODUCER_TIMEOUT_MS)
         self._pending: dict[tuple[str, int], dict[int, Message]] = {}
+        if self.worker.out_shape is not None:  # a built-in worker's output: dtype, bytes
+            dtype = np.dtype(self.worker.out_dtype)
+            self._out_format = (dtype, int(np.prod(self.worker.out_shape)) * dtype.itemsize)
         self.frames = 0
         self.clock = _Clock()
         self._reported_at = 0.0
@@ -192,8 +195,7 @@ class StageInstance:
                           trace: list, t_in: int, stream: str) -> None:
         """A built-in worker writes straight into a reserved output slot (no copy)."""
         worker, times = self.worker, self.clock.times
-        dtype = np.dtype(worker.out_dtype)
-        nbytes = int(np.prod(worker.out_shape)) * dtype.itemsize
+        dtype, nbytes = self._out_format
         t0 = time.perf_counter()
         with self.producer.reserve(nbytes, meta_capacity=OUTPUT_META_CAPACITY) as res:
             t1 = time.perf_counter()
