@@ -80,6 +80,11 @@ class Reservation:
     def capacity(self) -> int:
         return len(self.data)
 
+    @property
+    def seq(self) -> int:
+        """The ring position of the reservation (its first slot is ``seq % slot_count``)."""
+        return int(self._res.seq)
+
     def array(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
         """A writable view of the reserved bytes as an array of `dtype` and `shape`."""
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

@@ -95,6 +95,25 @@ class _Clock:
             t.input_wait = self._waited
 
 
+class OwnSlots:
+    """Which output slots still hold this instance's own output, by ring position.
+
+    A reservation at position ``seq`` of a ring of ``slot_count`` slots reuses the slots
+    the reservation at ``seq - slot_count`` had; if that one was ours (and we committed
+    it), nobody has written there since: every writer writes only inside its own
+    reservations, and the ring hands each position to one reservation."""
+
+    def __init__(self, slot_count: int):
+        self.slot_count = slot_count
+        self._last: dict[int, int] = {}  # first slot -> position of our last output there
+
+    def reused(self, seq: int) -> bool:
+        return self._last.get(seq % self.slot_count) == seq - self.slot_count
+
+    def wrote(self, seq: int) -> None:
+        self._last[seq % self.slot_count] = seq
+
+
 class StageInstance:
     """Instance ``index`` of ``stage``: input ring -> worker -> output ring."""
 
@@ -115,6 +134,7 @@ class StageInstance:
         if self.worker.out_shape is not None:  # a built-in worker's output: dtype, bytes
             dtype = np.dtype(self.worker.out_dtype)
             self._out_format = (dtype, int(np.prod(self.worker.out_shape)) * dtype.itemsize)
+            self._slots = OwnSlots(self.producer.segment.config["slot_count"])
         self.frames = 0
         self.clock = _Clock()
         self._reported_at = 0.0
@@ -199,10 +219,13 @@ class StageInstance:
         t0 = time.perf_counter()
         with self.producer.reserve(nbytes, meta_capacity=OUTPUT_META_CAPACITY) as res:
             t1 = time.perf_counter()
-            meta.update(worker(parts, meta_in, res.array(dtype, worker.out_shape)) or {})
+            reused = self._slots.reused(res.seq)
+            meta.update(worker(parts, meta_in, res.array(dtype, worker.out_shape),
+                               out_reused=reused) or {})
             times.work += time.perf_counter() - t1
             meta["trace"] = [*trace, [self.stage.name, t_in, time.time_ns()]]
             res.commit(id, meta, stream=stream)
+            self._slots.wrote(res.seq)  # only once the whole output is in
         times.output_wait += t1 - t0
 
     def _publish_copy(self, id: int, parts: list[np.ndarray], meta_in: dict, meta: dict,

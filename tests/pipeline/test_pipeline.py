@@ -58,6 +58,46 @@ def test_two_stage_pipeline_equals_the_workers_called_directly(shm_prefix, shm_n
     check_stage_times(result)
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_stitched_frames_stay_exact_when_output_slots_are_reused(shm_prefix, shm_names, tmp_path,
+                                                                 small_layout, instances):
+    """A 2-frame output ring wraps every other frame: the stitcher then skips the gaps of
+    slots that still hold its own output (and only those), and every stored frame is
+    still byte for byte the stitcher's output."""
+    from asapo_hpc.pipeline.results import read_frames
+
+    frames_n = 7
+    spec = PipelineSpec.from_dict({
+        "beamtime": "bt", "data_root": str(tmp_path / "data"), "compression": "none",
+        "detector": {"layout": str(SMALL_LAYOUT)},
+        "sources": [{"name": "raw"}, {"name": "stitched", "record": True, "frames_in_ring": 2}],
+        "stages": [{"name": "stitch", "worker": "stitch", "input": "raw", "output": "stitched",
+                    "instances": instances, "options": {"output": "input", "fill": 7}}],
+        "simulate": {"source": "raw", "frames": frames_n},
+    })
+    assert run_pipeline(spec).stage_frames == {"stitch": frames_n}
+    ids, stored = read_frames(spec.data_root, "bt", "stitched", "default")
+    frames = PowderFrames(small_layout, default_geometry(small_layout))
+    stitcher = Stitcher(small_layout, large_pixels=True, output="input", fill=7)  # not 0:
+    for i, image in zip(ids, stored, strict=True):  # fresh ring memory has no 7s in the gaps
+        np.testing.assert_array_equal(image, stitcher(frames.module_frames(i - 1)))
+    assert sorted(ids) == list(range(1, frames_n + 1))
+    assert shm_names(shm_prefix) == []
+
+
+def test_own_slots_are_reused_only_straight_after_our_own_output():
+    from asapo_hpc.pipeline.stage import OwnSlots
+
+    slots = OwnSlots(4)
+    assert not slots.reused(5)  # nothing written yet
+    slots.wrote(5)
+    assert slots.reused(9)  # the next lap's position in the same slot
+    assert not slots.reused(13)  # a lap was skipped: position 9 went to another writer
+    assert not slots.reused(6)  # another slot
+    slots.wrote(9)
+    assert slots.reused(13) and not slots.reused(9)
+
+
 def check_stage_times(result) -> None:
     """Each instance accounts for its own frames (ids split 1,3,5 / 2,4 over two stitch
     instances), and its waits and work fit inside its span."""
