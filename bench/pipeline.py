@@ -74,6 +74,10 @@ from pathlib import Path
 
 import numpy as np
 
+try:
+    from bench._machine import describe, handoff_probe
+except ImportError:  # run as a script: bench/ is sys.path[0]
+    from _machine import describe, handoff_probe
 from asapo_hpc.pipeline.placement import heaviest_apart, placed
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
@@ -428,6 +432,8 @@ def main() -> None:
                          "the lower half)")
     args = ap.parse_args()
     load_before = os.getloadavg()
+    probe_before = handoff_probe()
+    print(describe(probe_before), flush=True)
     stitch_equal = check_stitch()
     runs: dict[str, list[dict]] = {"asapo": [], "plain": []}
     same = True
@@ -448,6 +454,8 @@ def main() -> None:
             same &= bool(np.allclose(a[key], b[key], rtol=1e-9, atol=1e-12))
             scale = np.maximum(np.abs(b[key]), 1e-300)
             max_rel = max(max_rel, float(np.max(np.abs(a[key] - b[key]) / scale)))
+    probe_after = handoff_probe()
+    print(describe(probe_after), flush=True)
     fps = {k: statistics.median(x["fps"] for x in v) for k, v in runs.items()}
     ratio = fps["asapo"] / fps["plain"]
     print(f"\n{'implementation':<16}{'frames/s (median)':>20}{'runs':>30}")
@@ -465,7 +473,8 @@ def main() -> None:
                       if args.azint_instances != 1 else "")
                    + (" --no-placement" if args.no_placement else ""),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+                    "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                    "handoff_probe_before": probe_before, "handoff_probe_after": probe_after},
         "frames": args.frames, "repeats": args.repeats,
         "azint_from_modules": args.azint_from_modules,
         "azint_instances": args.azint_instances,

@@ -72,6 +72,7 @@ from typing import Any
 if not __package__:  # run as a script: make `bench` importable like `python -m bench.transport`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._machine import describe, handoff_probe  # noqa: E402
 from bench._transport_api import PEERS, ConsumerReport, Peer, Workload  # noqa: E402
 
 BUILTIN_PEERS = "bench._transport_peers"
@@ -369,21 +370,26 @@ def main(argv: list[str] | None = None) -> int:
     all_workloads = make_workloads(args.small_count, args.large_count)
     workloads = [all_workloads[n.strip()] for n in args.workloads.split(",") if n.strip()]
     started = time.time()
+    probes = [handoff_probe()]
+    print(describe(probes[0]), flush=True)
     rows = compare(peers, workloads, args.repeats, args.timeout)
+    probes.append(handoff_probe())
+    print(describe(probes[1]), flush=True)
     add_ratios(rows, args.reference)
     print(format_table(rows, workloads, args.reference))
-    write_json(args, rows, workloads, peers, notes, started)
+    write_json(args, rows, workloads, peers, notes, started, probes)
     # bench/plot.py, imported only now: spawned children re-import this module, not matplotlib
     importlib.import_module("bench.plot").draw("transport", args.json)
     return 0
 
 
-def write_json(args, rows, workloads, peers, notes, started) -> None:
+def write_json(args, rows, workloads, peers, notes, started, probes) -> None:
     document = {
         "benchmark": "transport",
         "started_unix": started,
         "wall_seconds": time.time() - started,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "handoff_probe_before": probes[0],
+                    "handoff_probe_after": probes[1]},
         "settings": {
             "repeats": args.repeats,
             "reference": args.reference,
