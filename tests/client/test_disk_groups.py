@@ -68,6 +68,14 @@ def record_finished_stream(config: NodeConfig, wait_for, stream: str = "scan",
         wait_for(lambda: catalog.get_stream_info("det", stream).finished, "the finish")
 
 
+def stored_without_ring(config: NodeConfig, wait_for, next_stream: str | None = "scan2") -> None:
+    """The node service stores stream "scan" (finished, naming ``next_stream``), then the
+    node restarts with a new, empty ring: whatever reads "scan" now reads it from disk."""
+    with NodeService(config):
+        record_finished_stream(config, wait_for, next_stream=next_stream)
+    Segment.unlink(segment_name("bt", "det"))
+
+
 def check(msg, stream: str) -> None:
     """Byte-identical data and the record fields as sent."""
     assert isinstance(msg, DiskMessage)
@@ -93,9 +101,7 @@ def read_all(consumer: Consumer, group: str, stream: str, got: list[int]) -> str
 
 def test_new_group_reads_finished_stream_from_disk_after_ring_recreated(
         shm_prefix, config, wait_for):
-    with NodeService(config):
-        record_finished_stream(config, wait_for)
-    Segment.unlink(segment_name("bt", "det"))  # the node restarts with a new, empty ring
+    stored_without_ring(config, wait_for)
     with Consumer("bt", "det", data_root=str(config.data_root)) as consumer:
         got: list[int] = []
         assert read_all(consumer, "fresh", "scan", got) == "scan2"
@@ -111,9 +117,7 @@ def test_new_group_reads_finished_stream_from_disk_after_ring_recreated(
 
 def test_two_members_share_a_stored_stream_exactly_once(shm_prefix, config, wait_for):
     root = str(config.data_root)
-    with NodeService(config):
-        record_finished_stream(config, wait_for)
-    Segment.unlink(segment_name("bt", "det"))
+    stored_without_ring(config, wait_for)
     got: list[list[int]] = [[], []]
     errors: list[BaseException] = []
     go = threading.Barrier(2)
@@ -137,9 +141,7 @@ def test_two_members_share_a_stored_stream_exactly_once(shm_prefix, config, wait
 
 
 def test_nack_redelivers_and_ack_by_id(shm_prefix, config, wait_for):
-    with NodeService(config):
-        record_finished_stream(config, wait_for, next_stream=None)
-    Segment.unlink(segment_name("bt", "det"))
+    stored_without_ring(config, wait_for, next_stream=None)
     with Consumer("bt", "det", data_root=str(config.data_root)) as consumer:
         first = consumer.get_next("g", stream="scan", timeout_ms=1000)
         assert first.id == 1
@@ -162,9 +164,7 @@ def test_nack_redelivers_and_ack_by_id(shm_prefix, config, wait_for):
 
 
 def test_attempts_count_the_catalogs_deliveries(shm_prefix, config, wait_for):
-    with NodeService(config):
-        record_finished_stream(config, wait_for, next_stream=None)
-    Segment.unlink(segment_name("bt", "det"))
+    stored_without_ring(config, wait_for, next_stream=None)
     with Consumer("bt", "det", data_root=str(config.data_root)) as consumer:
         first = consumer.get_next("g", stream="scan", timeout_ms=1000)
         assert (first.id, first.attempts) == (1, 1)  # a first delivery
@@ -184,9 +184,7 @@ def test_attempts_count_the_catalogs_deliveries(shm_prefix, config, wait_for):
 
 
 def test_attempts_after_a_members_lease_expired(shm_prefix, config, wait_for):
-    with NodeService(config):
-        record_finished_stream(config, wait_for, next_stream=None)
-    Segment.unlink(segment_name("bt", "det"))
+    stored_without_ring(config, wait_for, next_stream=None)
     # the new ring's lease is what disk-mode groups resend by (no set_resend_nacs)
     ring = dataclasses.replace(config.source("det").ring, lease_s=0.2)
     root = str(config.data_root)
