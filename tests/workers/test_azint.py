@@ -312,7 +312,9 @@ def test_repeated_calls_follow_every_change_of_arguments_masks_and_geometry(fram
     g.dist = 0.12  # the geometry changed in place
     moved = ai.integrate1d(frame, NPT)
     assert not np.allclose(moved.radial, first.radial)
-    ai.integrate1d(frame, NPT, radial_range=np.array([1.0, 5.0]))  # arrays work, not memoised
+    as_array = ai.integrate1d(frame, NPT, radial_range=np.array([1.0, 5.0]))  # not memoised
+    as_tuple = ai.integrate1d(frame, NPT, radial_range=(1.0, 5.0))  # after an array: fine
+    np.testing.assert_array_equal(as_tuple.intensity, as_array.intensity)
     assert ai.integrate1d(frame, 50, unit="q_nm^-1").radial.size == 50
 
 

@@ -185,18 +185,22 @@ class AzimuthalIntegrator:
         """The engine key of these arguments; the last call's is reused while the arguments
         are equal and the masks the same objects (a stream of frames integrated alike pays
         ~1 us here instead of ~40 for the checks and the key)."""
-        g = self.geometry
-        args = (type(npt), npt, unit, radial_range, method,
-                (g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3, g.wavelength))
+        if not isinstance(radial_range, (tuple, type(None))):  # arrays: no == comparisons
+            self._key_memo = None
+            return self._new_engine_key(npt, unit, radial_range, method, mask)
+        args = (type(npt), npt, unit, radial_range, method, self._geometry_key())
         memo = self._key_memo
-        plain = isinstance(radial_range, (tuple, type(None)))  # no arrays in the comparison
-        if (plain and memo is not None and memo[0] is mask and memo[1] is self.detector.mask
+        if (memo is not None and memo[0] is mask and memo[1] is self.detector.mask
                 and memo[2] == args):
             return memo[3]
         key = self._new_engine_key(npt, unit, radial_range, method, mask)
         # the masks are held here, so their ids cannot be reused while the memo stands
         self._key_memo = (mask, self.detector.mask, args, key)
         return key
+
+    def _geometry_key(self) -> tuple:
+        g = self.geometry
+        return (g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3, g.wavelength)
 
     def _new_engine_key(self, npt, unit, radial_range, method, mask) -> EngineKey:
         if isinstance(npt, bool) or not isinstance(npt, (int, np.integer)) or npt <= 0:
@@ -210,11 +214,10 @@ class AzimuthalIntegrator:
             if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
                 raise AsapoWrongInputError(f"bad radial_range {radial_range!r}")
             rng = (lo, hi)
-        g = self.geometry
         return EngineKey(
             method=method_key, unit=unit, npt=int(npt), radial_range=rng,
             shape=self.detector.shape,
-            geometry=(g.dist, g.poni1, g.poni2, g.rot1, g.rot2, g.rot3, g.wavelength),
+            geometry=self._geometry_key(),
             detector=id(self.detector),
             mask=(_identity(mask), _identity(self.detector.mask)),
         )
