@@ -36,6 +36,13 @@ def handoff_probe(count: int = 300_000) -> dict[str, float] | None:
     return {"single_M": float(found.group(1)), "batch_M": float(found.group(2))}
 
 
+def probe_and_print() -> dict[str, float] | None:
+    """``handoff_probe``, printed as one line (``describe``) as well as returned."""
+    probe = handoff_probe()
+    print(describe(probe), flush=True)
+    return probe
+
+
 def describe(probe: dict[str, float] | None) -> str:
     if probe is None:
         return "machine probe: unavailable (no C compiler or make?)"

@@ -75,9 +75,9 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from bench._machine import describe, handoff_probe
+    from bench._machine import probe_and_print
 except ImportError:  # run as a script: bench/ is sys.path[0]
-    from _machine import describe, handoff_probe
+    from _machine import probe_and_print
 from asapo_hpc.pipeline.placement import heaviest_apart, placed
 
 RESULTS = Path(__file__).parent / "results" / "pipeline.json"
@@ -432,8 +432,7 @@ def main() -> None:
                          "the lower half)")
     args = ap.parse_args()
     load_before = os.getloadavg()
-    probe_before = handoff_probe()
-    print(describe(probe_before), flush=True)
+    probe_before = probe_and_print()
     stitch_equal = check_stitch()
     runs: dict[str, list[dict]] = {"asapo": [], "plain": []}
     same = True
@@ -454,8 +453,7 @@ def main() -> None:
             same &= bool(np.allclose(a[key], b[key], rtol=1e-9, atol=1e-12))
             scale = np.maximum(np.abs(b[key]), 1e-300)
             max_rel = max(max_rel, float(np.max(np.abs(a[key] - b[key]) / scale)))
-    probe_after = handoff_probe()
-    print(describe(probe_after), flush=True)
+    probe_after = probe_and_print()
     fps = {k: statistics.median(x["fps"] for x in v) for k, v in runs.items()}
     ratio = fps["asapo"] / fps["plain"]
     print(f"\n{'implementation':<16}{'frames/s (median)':>20}{'runs':>30}")

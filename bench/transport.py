@@ -72,7 +72,7 @@ from typing import Any
 if not __package__:  # run as a script: make `bench` importable like `python -m bench.transport`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._machine import describe, handoff_probe  # noqa: E402
+from bench._machine import probe_and_print  # noqa: E402
 from bench._transport_api import PEERS, ConsumerReport, Peer, Workload  # noqa: E402
 
 BUILTIN_PEERS = "bench._transport_peers"
@@ -370,11 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     all_workloads = make_workloads(args.small_count, args.large_count)
     workloads = [all_workloads[n.strip()] for n in args.workloads.split(",") if n.strip()]
     started = time.time()
-    probes = [handoff_probe()]
-    print(describe(probes[0]), flush=True)
+    probes = [probe_and_print()]
     rows = compare(peers, workloads, args.repeats, args.timeout)
-    probes.append(handoff_probe())
-    print(describe(probes[1]), flush=True)
+    probes.append(probe_and_print())
     add_ratios(rows, args.reference)
     print(format_table(rows, workloads, args.reference))
     write_json(args, rows, workloads, peers, notes, started, probes)
