@@ -4,8 +4,8 @@ Everything that depends only on the layout is planned once (``StitchPlan``): one
 output line of every module (where it goes, which raw line it reads, in which direction),
 run tables that cut a line into plain runs (vector copies) and a table of the virtual pixels
 of its wide chip-junction pixels (split in one tight loop, the division by ``n`` a multiply
-by a precomputed reciprocal with a remainder fix), the gap runs to
-fill, and the output pixels that masked raw pixels land on. Tasks and gap runs form one list
+by a precomputed reciprocal with a remainder fix; for counts of up to 16 bits an exact
+integer multiply and shift), the gap runs to fill, and the output pixels that masked raw pixels land on. Tasks and gap runs form one list
 sorted by output offset, so a frame is one parallel pass that writes the output front to
 back (each thread one contiguous half): streaming stores, and the gaps cost no second pass.
 Masked pixels of a line are filled right after the line is written, while it is in cache.
@@ -44,6 +44,9 @@ GAP = -1
 R_K0, R_LENGTH, R_T0, R_TDIR, R_WIDTH = range(5)
 # Columns of StitchPlan.virtual: output offset in the line, raw t, wide pixel's width, sub
 V_K, V_T, V_WIDTH, V_SUB = range(4)
+# Columns of StitchPlan.counts: output offset in the line, raw offset from the line's start,
+# n, rank, and the multiplier that divides by n (``(v * magic) >> 32 == v // n`` for v < 2^16)
+C_K, C_T, C_N, C_RANK, C_MAGIC = range(5)
 
 
 def identity_axis(length: int) -> AxisMap:
@@ -67,6 +70,7 @@ class StitchPlan:
         self.runs, self.nruns, self.nplain = _run_tables(self.axes)
         self.virtual, self.nvirtual = _virtual_tables(self.runs, self.nruns, self.nplain)
         self.inv_width = 1.0 / np.maximum(self.virtual[:, :, V_WIDTH], 1)
+        self.counts = _counts_table(self.virtual, layout.module_shape[1])
         self.tasks, self.task_ptr = self._tasks()
         self.gap_runs = _gap_runs(layout, self.large_pixels, self.shape)
         self.items = _output_ordered(self.tasks, self.gap_runs)
@@ -164,6 +168,20 @@ def _virtual_tables(runs: np.ndarray, nruns: np.ndarray,
     for rid, rows in enumerate(tables):
         virtual[rid, : len(rows)] = np.array(rows, dtype=np.int64).reshape(-1, 4)
     return virtual, np.array([len(t) for t in tables], dtype=np.int64)
+
+
+def _counts_table(virtual: np.ndarray, row_length: int) -> np.ndarray:
+    """``virtual`` for the common case (integer counts of at most 16 bits, no flatfield, a
+    line of plain pixels across: n = width, rank = sub), with the raw offsets scaled by the
+    line's stride (run tables 0 and 1 read down columns) and exact reciprocals."""
+    width = np.maximum(virtual[:, :, V_WIDTH], 1)
+    counts = np.zeros((*virtual.shape[:2], 5), dtype=np.int64)
+    counts[:, :, C_K] = virtual[:, :, V_K]
+    counts[:, :, C_T] = virtual[:, :, V_T] * np.array([row_length, row_length, 1, 1])[:, None]
+    counts[:, :, C_N] = width
+    counts[:, :, C_RANK] = virtual[:, :, V_SUB]
+    counts[:, :, C_MAGIC] = -(-(1 << 32) // width)  # ceil: exact below 2^32 / width
+    return counts
 
 
 def _runs(axis: AxisMap, direction: int) -> list[tuple[int, int, int, int, int]]:
@@ -374,9 +392,23 @@ def _wide_pixels(src, s_line, f_line, tstride, flat, has_flat, out, o, virtual, 
             out[k] = _share_float(src[s_line + t], flat_value, n, sat)
 
 
+@numba.njit
+def _wide_counts(src, s_line, out, o, counts, rid, nv, sat):  # pragma: no cover - compiled
+    """``_wide_pixels`` for the common case (see ``_counts_table``): integer arithmetic
+    from a precomputed table, 2.8 -> 1.4 ns per virtual pixel (186 k per Lambda 9M frame)."""
+    s_line, o = np.uint64(s_line), np.uint64(o)
+    for e in range(np.uint64(nv)):
+        v = np.uint64(src[s_line + np.uint64(counts[rid, e, C_T])])
+        n = np.uint64(counts[rid, e, C_N])
+        q = (v * np.uint64(counts[rid, e, C_MAGIC])) >> np.uint64(32)
+        r = v - q * n
+        share = q + (np.uint64(counts[rid, e, C_RANK]) < r)
+        out[o + np.uint64(counts[rid, e, C_K])] = v if v >= sat else share
+
+
 @numba.njit(inline="always")
-def _module_line(src, s_line, f_line, items, i, runs, nplain, virtual, inv_width, nvirtual, flat,
-                 has_flat, sat, int_out, maxval, out):  # pragma: no cover - compiled
+def _module_line(src, s_line, f_line, items, i, runs, nplain, virtual, inv_width, nvirtual,
+                 counts, flat, has_flat, sat, int_out, maxval, out):  # pragma: no cover - compiled
     """One output line of one module: its plain runs, then its wide pixels."""
     o = items[i, T_OUT]
     tstride = items[i, T_TSTRIDE]
@@ -396,6 +428,9 @@ def _module_line(src, s_line, f_line, items, i, runs, nplain, virtual, inv_width
         else:  # plain pixels of a wide raw line: n = w_across, rank = sub_across
             _split_line(src, s, flat, f, has_flat, out, o + k0, count, step, w_across,
                         sub_across, sat, int_out, maxval)
+    if src.itemsize <= 2 and int_out and not has_flat and w_across == 1:
+        _wide_counts(src, s_line, out, o, counts, rid, nvirtual[rid], sat)
+        return
     _wide_pixels(src, s_line, f_line, tstride, flat, has_flat, out, o, virtual[rid],
                  inv_width[rid], nvirtual[rid], w_across, sub_across,
                  items[i, T_ALONG_ROW] != 0, sat, int_out, maxval)
@@ -414,7 +449,7 @@ def _pointer_at(typingctx, address, like):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, cache=True)
 def _stitch_items(part_addresses, like, part_size, items, runs, nplain, virtual, inv_width,
-                  nvirtual,
+                  nvirtual, counts,
                   module_size, flat,
                   has_flat, masked, mask_spans, fill, fill_gaps, sat, int_out, maxval,
                   out):  # pragma: no cover - compiled
@@ -441,7 +476,7 @@ def _stitch_items(part_addresses, like, part_size, items, runs, nplain, virtual,
         else:
             f_line = module * module_size + s_line
             _module_line(src, s_line, f_line, items, i, runs, nplain, virtual, inv_width,
-                         nvirtual, flat, has_flat,
+                         nvirtual, counts, flat, has_flat,
                          sat, int_out, maxval, out)
         for k in range(mask_spans[i, 0], mask_spans[i, 1]):
             out[masked[k]] = fill
@@ -522,8 +557,8 @@ class Stitcher:
             addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
         # ``arrays`` stays referenced here until the kernel returns: the addresses stay valid
         _stitch_items(addresses, arrays[0].reshape(-1)[:0], plan.module_size, plan.items,
-                      plan.runs, plan.nplain, plan.virtual,
-                      plan.inv_width, plan.nvirtual, plan.module_size, flat, self._flat is not None,
+                      plan.runs, plan.nplain, plan.virtual, plan.inv_width, plan.nvirtual,
+                      plan.counts, plan.module_size, flat, self._flat is not None,
                       self._masked, self._mask_spans, fill, not gaps_filled,
                       self.layout.saturation, int_out, maxval, flat_out)
         return out

@@ -319,3 +319,35 @@ def test_saturated_and_large_counts_at_junctions(bit_depth, output):
         expected = stitch_reference(parts, layout, large_pixels=True, output=output,
                                     apply_flatfield=flat)
         np.testing.assert_array_equal(stitcher(parts), expected)
+
+
+def test_counts_table_divides_every_16_bit_count_exactly():
+    """The integer split of 16-bit counts divides by a multiply and a shift: exact for every
+    count 0 .. 65535 and every n its tables hold (the wide pixels' widths: 2, 3, 5)."""
+    from asapo_hpc.workers.stitch import C_MAGIC, C_N, StitchPlan
+
+    v = np.arange(1 << 16, dtype=np.uint64)
+    seen = set()
+    for factor in (2, 3, 5):
+        layout = Lambda9MLayout([ModuleGeometry("a", (0, 0, 0))], module_shape=(9, 15),
+                                chip_shape=(3, 5), large_pixel_factor=factor)
+        counts = StitchPlan(layout, large_pixels=True).counts.reshape(-1, 5)
+        for n, magic in {(int(c[C_N]), int(c[C_MAGIC])) for c in counts}:
+            seen.add(n)
+            np.testing.assert_array_equal((v * np.uint64(magic)) >> np.uint64(32), v // n)
+    assert {2, 3, 5} <= seen
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_full_range_counts_split_like_the_reference(dtype):
+    """Counts up to the dtype's top with saturation above them: every junction pixel is
+    split by the integer path, the largest counts included."""
+    top = int(np.iinfo(dtype).max)
+    layout = mixed_layout(12, seed=4).replace(saturation=top + 1)
+    rng = np.random.default_rng(8)
+    parts = rng.integers(0, top + 1, (layout.n_parts, *layout.module_shape)).astype(dtype)
+    parts[:, ::5, ::3] = top
+    stitcher = Stitcher(layout, large_pixels=True, output="input", apply_flatfield=False)
+    expected = stitch_reference(parts, layout, large_pixels=True, output="input",
+                                apply_flatfield=False)
+    np.testing.assert_array_equal(stitcher(parts), expected)
