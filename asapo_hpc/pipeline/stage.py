@@ -114,6 +114,19 @@ class OwnSlots:
         self._last[seq % self.slot_count] = seq
 
 
+def warm_up_parts(shape: tuple[int, ...], dtype: Any, n: int) -> list[np.ndarray]:
+    """``n`` zero frames typed as the ring delivers frames: read-only. Numba compiles a
+    kernel once per argument type, and a writable array is another type: warming up on
+    writable zeros left the real signature to compile on the first frame (seconds, while
+    the stream waits, whenever the kernel cache is cold: a fresh install, a code change)."""
+    parts = []
+    for _ in range(n):
+        zeros = np.zeros(shape, dtype)
+        zeros.flags.writeable = False
+        parts.append(zeros)
+    return parts
+
+
 class StageInstance:
     """Instance ``index`` of ``stage``: input ring -> worker -> output ring."""
 
@@ -145,8 +158,8 @@ class StageInstance:
         if worker.out_shape is None:  # a user function: may have side effects, not called
             return
         src = self.source
-        parts = [np.zeros(src.frame_shape, src.dtype) for _ in range(max(src.parts, 1))]
-        worker(parts, {}, np.empty(worker.out_shape, worker.out_dtype))
+        worker(warm_up_parts(src.frame_shape, src.dtype, max(src.parts, 1)), {},
+               np.empty(worker.out_shape, worker.out_dtype))
 
     # ------------------------------------------------------------------ loop
 

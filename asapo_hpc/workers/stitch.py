@@ -9,8 +9,8 @@ integer multiply and shift), the gap runs to fill, and the output pixels that ma
 pixels land on. Tasks and gap runs form one list sorted by output offset, so a frame is one
 parallel pass that writes the output front to back (each thread one contiguous half):
 sequential stores, and the gaps cost no second pass. (Non-temporal stores through an L1
-staging buffer were tried and were 2x slower here: the 32 MB L3 keeps much of the output,
-and the next stage reads it from there.)
+staging buffer were tried: 2x slower in ``bench/stitch.py`` on a machine whose 32 MB L3
+holds much of a frame, which such stores bypass.)
 Masked pixels of a line are filled right after the line is written, while it is in cache.
 
 Per pixel, with ``v`` the raw count and ``n`` the number of virtual pixels it covers (1, or
@@ -490,6 +490,9 @@ def _stitch_items(part_addresses, like, part_size, items, runs, nplain, virtual,
 # --------------------------------------------------------------------------------------------
 
 INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
+# The kernel's ``like`` per input dtype: one array type whether the parts are writable or
+# read-only views of a ring (Numba compiles once per argument type)
+_DTYPE_OF = {dtype: np.empty(0, dtype) for dtype in INPUT_DTYPES}
 
 
 class Stitcher:
@@ -559,7 +562,7 @@ class Stitcher:
         else:
             addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
         # ``arrays`` stays referenced here until the kernel returns: the addresses stay valid
-        _stitch_items(addresses, arrays[0].reshape(-1)[:0], plan.module_size, plan.items,
+        _stitch_items(addresses, _DTYPE_OF[dtype], plan.module_size, plan.items,
                       plan.runs, plan.nplain, plan.virtual, plan.inv_width, plan.nvirtual,
                       plan.counts, plan.module_size, flat, self._flat is not None,
                       self._masked, self._mask_spans, fill, not gaps_filled,

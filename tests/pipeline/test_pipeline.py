@@ -186,3 +186,25 @@ def test_a_ring_left_by_a_killed_run_is_replaced(shm_prefix, shm_names, tmp_path
     prof = read_profiles(spec.data_root, "bt", "profiles", "scan_iq")
     np.testing.assert_array_equal(prof.ids, np.arange(1, FRAMES + 1))
     assert shm_names(shm_prefix) == []
+
+
+def test_warm_up_frames_have_the_numba_type_of_ring_frames(shm_prefix):
+    """A stage warms its kernels up on frames of the type the ring delivers (read-only
+    views): Numba compiles once per argument type, so writable zeros would leave the real
+    signature to compile on the first streamed frame."""
+    import numba
+
+    from asapo_hpc.client import Consumer, Producer
+    from asapo_hpc.config import RingConfig
+    from asapo_hpc.pipeline.stage import warm_up_parts
+
+    shape, dtype = (8, 6), np.dtype(np.uint16)
+    config = RingConfig(slot_size=4096, slot_count=4, groups=("g",))
+    with Producer("bt", "frames", config=config) as producer, \
+            Consumer("bt", "frames", timeout_ms=2000) as consumer:
+        producer.send(1, np.arange(48, dtype=dtype))
+        ring_frame = consumer.get_next("g").array(dtype, shape)
+        warm = warm_up_parts(shape, dtype, 3)
+        assert len(warm) == 3
+        assert all(numba.typeof(w) == numba.typeof(ring_frame) for w in warm)
+        assert not (warm[0].any() or warm[0].flags.writeable)

@@ -351,3 +351,20 @@ def test_full_range_counts_split_like_the_reference(dtype):
     expected = stitch_reference(parts, layout, large_pixels=True, output="input",
                                 apply_flatfield=False)
     np.testing.assert_array_equal(stitcher(parts), expected)
+
+
+def test_read_only_parts_reuse_the_compiled_kernel():
+    """Ring frames are read-only views; they must not need a second compiled kernel (a
+    compile of seconds on a stage's first streamed frame)."""
+    from asapo_hpc.workers.stitch import _stitch_items
+
+    layout = mixed_layout()
+    parts = random_parts(layout, 2)
+    stitcher = Stitcher(layout, large_pixels=True, output="input")
+    expected = stitcher(parts)
+    compiled = len(_stitch_items.signatures)
+    read_only = parts.copy()
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(stitcher(read_only), expected)
+    np.testing.assert_array_equal(stitcher(list(read_only)), expected)
+    assert len(_stitch_items.signatures) == compiled
