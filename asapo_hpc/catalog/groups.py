@@ -22,7 +22,7 @@ from asapo_hpc.catalog._common import (
     where,
 )
 from asapo_hpc.catalog.records import DatasetRecord, MessageRecord, ResendPolicy
-from asapo_hpc.errors import AsapoWrongInputError
+from asapo_hpc.errors import AsapoPartialDataError, AsapoWrongInputError
 
 NO_RESEND = ResendPolicy()
 
@@ -64,7 +64,7 @@ class GroupKey:
 
 @dataclass(slots=True)
 class Delivery:
-    """What ``next`` hands out; ``partial`` datasets are raised as AsapoPartialDataError.
+    """What ``next`` hands out; ``partial`` datasets are raised as PartialDeliveryError.
 
     ``deliveries`` counts the hand-outs of this id to the group, this one included (1 the
     first time, more when redelivered), as a ring message's ``attempts``. It travels here,
@@ -74,6 +74,16 @@ class Delivery:
     record: MessageRecord | DatasetRecord
     partial: bool = False
     deliveries: int = 1
+
+
+class PartialDeliveryError(AsapoPartialDataError):
+    """A partial dataset a group was handed: AsapoPartialDataError (``partial_data`` is the
+    record) that also carries the ``delivery``, so readers can report its count; the count
+    exists only once the hand-out is recorded, so the error is raised after that."""
+
+    def __init__(self, message: str, delivery: Delivery):
+        super().__init__(message, partial_data=delivery.record)
+        self.delivery = delivery
 
 
 def next_delivery(

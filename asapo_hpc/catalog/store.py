@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from asapo_hpc.catalog import groups, ingest
 from asapo_hpc.catalog._common import (
@@ -410,26 +411,10 @@ class Catalog:
     generate_group_id = staticmethod(generate_group_id)
 
     def group_next(
-        self,
-        group_id: str,
-        source: str,
-        stream: str,
-        *,
-        dataset: bool = False,
-        min_size: int = 0,
-        resend: ResendPolicy | None = None,
+        self, group_id: str, source: str, stream: str, **options: Any
     ) -> MessageRecord | DatasetRecord:
-        """The group's next message (or dataset), handed to exactly one caller.
-
-        Due redeliveries come first (negatively acknowledged ones, and with ``resend`` the
-        unacknowledged ones older than its delay). Past the last id: AsapoEndOfStreamError,
-        or AsapoStreamFinishedError naming the next stream. A missing id below the last (or
-        a dataset short of parts) raises AsapoNoDataError and the group waits for it; a
-        partial dataset handed out with ``min_size`` raises AsapoPartialDataError.
-        """
-        return self.group_next_delivery(
-            group_id, source, stream, dataset=dataset, min_size=min_size, resend=resend
-        ).record
+        """The record of ``group_next_delivery`` (the same keywords and errors)."""
+        return self.group_next_delivery(group_id, source, stream, **options).record
 
     def group_next_delivery(
         self,
@@ -441,15 +426,26 @@ class Catalog:
         min_size: int = 0,
         resend: ResendPolicy | None = None,
     ) -> groups.Delivery:
-        """``group_next``, with how many times the group has now been handed the id
-        (``Delivery.deliveries``: 1 the first time), for readers that report redeliveries."""
+        """The group's next message (or dataset), handed to exactly one caller, with how
+        many times the group has now been handed its id (``Delivery.deliveries``: 1 the
+        first time), for readers that report redeliveries.
+
+        Due redeliveries come first (negatively acknowledged ones, and with ``resend`` the
+        unacknowledged ones older than its delay). Past the last id: AsapoEndOfStreamError,
+        or AsapoStreamFinishedError naming the next stream. A missing id below the last (or
+        a dataset short of parts) raises AsapoNoDataError and the group waits for it; a
+        partial dataset handed out (with ``min_size``, or redelivered) raises
+        PartialDeliveryError, an AsapoPartialDataError that also carries the Delivery.
+        """
         key = self._group_key(group_id, source, stream)
         with self._write() as conn:
             delivery = groups.next_delivery(
                 conn, key, dataset=dataset, min_size=min_size, policy=resend, now=self._clock()
             )
         # Raised after the commit: a partial dataset still counts as handed out.
-        return _whole(delivery)
+        if delivery.partial:
+            raise groups.PartialDeliveryError(_partial_message(delivery.record), delivery)
+        return delivery
 
     def acknowledge(self, group_id: str, source: str, stream: str, data_id: int) -> None:
         """The group processed ``data_id``."""
@@ -509,19 +505,16 @@ class Catalog:
 
 
 def _deliver(delivery: groups.Delivery) -> MessageRecord | DatasetRecord:
-    return _whole(delivery).record
-
-
-def _whole(delivery: groups.Delivery) -> groups.Delivery:
-    """The delivery; a partial dataset is raised as AsapoPartialDataError instead."""
+    """The record; a partial dataset is raised as AsapoPartialDataError instead."""
     if delivery.partial:
-        record = delivery.record
-        raise AsapoPartialDataError(
-            f"dataset {record.data_id} is partial: {len(record.parts)} of "
-            f"{record.dataset_size} parts; the parts that arrived are in partial_data",
-            partial_data=record,
-        )
-    return delivery
+        raise AsapoPartialDataError(_partial_message(delivery.record),
+                                    partial_data=delivery.record)
+    return delivery.record
+
+
+def _partial_message(record: DatasetRecord) -> str:
+    return (f"dataset {record.data_id} is partial: {len(record.parts)} of "
+            f"{record.dataset_size} parts; the parts that arrived are in partial_data")
 
 
 def _last_dataset_id(conn: sqlite3.Connection, state: StreamState, min_size: int) -> int | None:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from asapo_hpc.catalog import Catalog, DatasetRecord, MessageRecord, MetaMode, ResendPolicy
+from asapo_hpc.catalog.groups import Delivery, PartialDeliveryError
 from asapo_hpc.client.disk import catalog_path_for
 from asapo_hpc.client.message import Message, OwnedMessage
 from asapo_hpc.errors import (
@@ -264,24 +265,26 @@ class ConsumerStreams(_CatalogClient):
 
         Waits up to the timeout for the next id to complete. Then, with ``min_size`` > 0 and
         at least that many parts, hands it out as partial: AsapoPartialDataError whose
-        ``partial_data`` is the Dataset. Else the catalog's error (AsapoNoDataError while the
-        next id is short of parts, AsapoEndOfStreamError / AsapoStreamFinishedError).
+        ``partial_data`` is the Dataset (so is a partial one redelivered). Else the catalog's
+        error (AsapoNoDataError while the next id is short of parts, AsapoEndOfStreamError /
+        AsapoStreamFinishedError). Every part's ``attempts`` is the group's count of
+        deliveries of the id (1, then 2, 3, ... when redelivered), as a single message's.
         """
         check_count("min_size", min_size)
         _check_stream(stream)
         timeout_s = self.timeout_ns / 1e9 if timeout_ms is None else timeout_ms / 1000
         deadline = time.monotonic() + timeout_s
-        record = self._next_complete(group_id, stream, deadline)
-        if record is None:  # timed out: a partial one, if min_size allows
-            try:
-                record = self._group_next(group_id, stream, min_size)
-            except AsapoPartialDataError as exc:
-                partial = self._group_dataset(group_id, stream, exc.partial_data, deadline)
-                raise AsapoPartialDataError(str(exc), partial_data=partial) from None
-        return self._group_dataset(group_id, stream, record, deadline)
+        try:
+            delivery = self._next_complete(group_id, stream, deadline)
+            if delivery is None:  # timed out: a partial one, if min_size allows
+                delivery = self._group_next(group_id, stream, min_size)
+        except PartialDeliveryError as exc:  # with min_size, or a partial one redelivered
+            partial = self._group_dataset(group_id, stream, exc.delivery, deadline)
+            raise AsapoPartialDataError(str(exc), partial_data=partial) from None
+        return self._group_dataset(group_id, stream, delivery, deadline)
 
     def _next_complete(self, group_id: str, stream: str, deadline: float
-                       ) -> DatasetRecord | None:
+                       ) -> Delivery | None:
         """Poll the catalog for the group's next complete dataset until the deadline."""
         while True:
             try:
@@ -293,9 +296,12 @@ class ConsumerStreams(_CatalogClient):
                     return None
             time.sleep(POLL_S)
 
-    def _group_next(self, group_id: str, stream: str, min_size: int) -> DatasetRecord:
-        return self._catalog().group_next(group_id, self.data_source, stream, dataset=True,
-                                          min_size=min_size, resend=self._resend_policy())
+    def _group_next(self, group_id: str, stream: str, min_size: int) -> Delivery:
+        """The group's next dataset and its delivery count; PartialDeliveryError for a
+        partial one."""
+        return self._catalog().group_next_delivery(
+            group_id, self.data_source, stream, dataset=True, min_size=min_size,
+            resend=self._resend_policy())
 
     def _resend_policy(self) -> ResendPolicy | None:
         resend = getattr(self, "_resend", None)
@@ -304,12 +310,14 @@ class ConsumerStreams(_CatalogClient):
         lease_ns, attempts = resend
         return ResendPolicy(True, lease_ns // 1_000_000, attempts)
 
-    def _group_dataset(self, group_id: str, stream: str, record: DatasetRecord,
+    def _group_dataset(self, group_id: str, stream: str, delivery: Delivery,
                        deadline: float) -> Dataset:
-        """The delivered dataset's bytes; if the sink does not store them in time, the
-        dataset goes back to the group and AsapoDataNotInCacheError is raised."""
+        """The delivered dataset's bytes, each part with the delivery count as its
+        ``attempts``; if the sink does not store them in time, the dataset goes back to
+        the group and AsapoDataNotInCacheError is raised."""
+        record = delivery.record
         try:
-            return self._dataset(record, stream, deadline)
+            return self._dataset(record, stream, deadline, delivery.deliveries)
         except AsapoDataNotInCacheError:
             self._catalog().neg_acknowledge(group_id, self.data_source, stream, record.data_id)
             raise
@@ -389,10 +397,12 @@ class ConsumerStreams(_CatalogClient):
 
     # -- parts from disk --------------------------------------------------------------------
 
-    def _dataset(self, record: DatasetRecord, stream: str, deadline: float) -> Dataset:
+    def _dataset(self, record: DatasetRecord, stream: str, deadline: float,
+                 attempts: int = 0) -> Dataset:
+        """The Dataset of `record`; `attempts` is its group's delivery count (0: no group)."""
         parts = self._located(record, stream, max(deadline, time.monotonic() + LOCATION_WAIT_S))
         return Dataset(record.data_id, record.dataset_size, record.timestamp,
-                       [self._part_message(p, stream) for p in parts])
+                       [self._part_message(p, stream, attempts) for p in parts])
 
     def _located(self, record: DatasetRecord, stream: str, deadline: float
                  ) -> list[MessageRecord]:
@@ -415,11 +425,12 @@ class ConsumerStreams(_CatalogClient):
                                                f"_id = {record.data_id}")
         return [p for p in fresh if p.dataset_substream in wanted]
 
-    def _part_message(self, rec: MessageRecord, stream: str) -> Message:
+    def _part_message(self, rec: MessageRecord, stream: str, attempts: int = 0) -> Message:
         data = self._read_frame(rec)
         name, meta = rec.name.encode(), rec.meta_json().encode()
         fields = (0, rec.data_id, 0, rec.size, 0, rec.timestamp, len(name), len(meta),
-                  self._streams.index(stream), 0, rec.dataset_substream, rec.dataset_size, 0, 0)
+                  self._streams.index(stream), 0, rec.dataset_substream, rec.dataset_size,
+                  attempts, 0)
         return OwnedMessage(fields, self, _NOT_CLAIMED, data, name + meta)
 
     def _read_frame(self, rec: MessageRecord) -> np.ndarray:

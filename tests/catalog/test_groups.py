@@ -7,6 +7,7 @@ import re
 import pytest
 
 from asapo_hpc.catalog import Catalog, ResendPolicy, generate_group_id
+from asapo_hpc.catalog.groups import PartialDeliveryError
 from asapo_hpc.errors import (
     AsapoEndOfStreamError,
     AsapoNoDataError,
@@ -99,6 +100,51 @@ def test_next_dataset_complete_partial_and_waiting(catalog, make_part):
     assert [p.dataset_substream for p in partial.value.partial_data.parts] == [1]
     # The partial dataset was handed out (the pointer moved past it).
     assert catalog.group_next("g", "src", "ds", dataset=True).data_id == 3
+
+
+def test_dataset_deliveries_are_counted_for_complete_and_partial_ones(catalog, make_part):
+    catalog.add_messages([make_part(1, 1, 2), make_part(1, 2, 2), make_part(2, 1, 2)])
+    first = catalog.group_next_delivery("g", "src", "ds", dataset=True)
+    assert (first.record.data_id, first.deliveries) == (1, 1)
+    catalog.neg_acknowledge("g", "src", "ds", 1)
+    again = catalog.group_next_delivery("g", "src", "ds", dataset=True)
+    assert (again.record.data_id, again.deliveries) == (1, 2)
+    with pytest.raises(PartialDeliveryError) as partial:
+        catalog.group_next_delivery("g", "src", "ds", dataset=True, min_size=1)
+    assert (partial.value.delivery.deliveries, partial.value.partial_data.data_id) == (1, 2)
+    catalog.neg_acknowledge("g", "src", "ds", 2)
+    # Redelivered without min_size: still partial (it was handed out), and counted again.
+    with pytest.raises(AsapoPartialDataError, match=re.escape(
+            "dataset 2 is partial: 1 of 2 parts; the parts that arrived are in "
+            "partial_data")) as partial:
+        catalog.group_next_delivery("g", "src", "ds", dataset=True)
+    assert partial.value.delivery.deliveries == 2
+    assert partial.value.partial_data is partial.value.delivery.record
+
+
+def test_dataset_redelivered_after_its_resend_delay_counts_again(catalog, make_part, clock):
+    catalog.add_messages([make_part(1, 1, 2), make_part(1, 2, 2), make_part(2, 1, 2)])
+    policy = ResendPolicy(resend=True, delay_ms=1000, attempts=3)
+    assert catalog.group_next_delivery("g", "src", "ds", dataset=True,
+                                       resend=policy).deliveries == 1
+    with pytest.raises(PartialDeliveryError):
+        catalog.group_next_delivery("g", "src", "ds", dataset=True, min_size=1, resend=policy)
+    clock.advance_ms(1000)
+    again = catalog.group_next_delivery("g", "src", "ds", dataset=True, resend=policy)
+    assert (again.record.data_id, again.deliveries) == (1, 2)
+    with pytest.raises(PartialDeliveryError) as partial:
+        catalog.group_next_delivery("g", "src", "ds", dataset=True, resend=policy)
+    assert (partial.value.partial_data.data_id, partial.value.delivery.deliveries) == (2, 2)
+
+
+def test_group_next_is_the_record_of_group_next_delivery(five, clock):
+    policy = ResendPolicy(resend=True, delay_ms=10, attempts=-1)
+    assert five.group_next("g", "src", "s1", resend=policy).data_id == 1
+    clock.advance_ms(10)
+    assert five.group_next("g", "src", "s1", resend=policy) == \
+        five.get_by_id("src", "s1", 1)
+    with pytest.raises(TypeError, match="min_sise"):  # its keywords are checked as before
+        five.group_next("g", "src", "s1", min_sise=1)
 
 
 def test_plain_next_on_a_dataset_stream_is_refused(catalog, make_part):

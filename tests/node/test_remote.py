@@ -521,6 +521,50 @@ def test_datasets_complete_then_partial_exactly_as_the_local_consumer(remote_nod
     assert local_results == remote_results  # the same data, errors and messages
 
 
+def attempts_of(call: Callable[[], Dataset]) -> tuple[str, int, list[int]]:
+    """What a group's dataset call handed out: ("ok" or "partial", id, each part's attempts)."""
+    try:
+        return ("ok", *_attempts(call()))
+    except AsapoPartialDataError as exc:
+        return ("partial", *_attempts(exc.partial_data))
+
+
+def _attempts(dataset: Dataset) -> tuple[int, list[int]]:
+    return dataset.id, [p.attempts for p in dataset.parts]
+
+
+def dataset_redeliveries(consumer: Consumer | RemoteConsumer, group: str) -> list[tuple]:
+    """send_modules' datasets 1 (complete) and 2 (partial) taken, negatively acknowledged
+    and taken again; then both again once the resend delay passed unacknowledged."""
+    def take(**kw: int) -> tuple:
+        return attempts_of(lambda: consumer.get_next_dataset(group, timeout_ms=300, **kw))
+    got = [take()]
+    consumer.neg_acknowledge_dataset(group, 1, delay_ms=0)
+    got += [take(), take(min_size=2)]
+    consumer.neg_acknowledge_dataset(group, 2, delay_ms=0)
+    got.append(take())  # no min_size: a partial one handed out before comes back partial
+    consumer.set_resend_nacs(True, delay_ms=200, attempts=5)
+    time.sleep(0.3)
+    return [*got, take(), take()]
+
+
+def test_dataset_parts_carry_the_groups_delivery_count_as_the_local_consumer(remote_node,
+                                                                             wait_for):
+    node = remote_node()
+    with node.producer(source="mod") as producer:
+        send_modules(producer)
+    local = Consumer(BEAMTIME, "mod", create=False, data_root=str(node.service.config.data_root))
+    with node.consumer(source="mod") as remote, local:
+        wait_for(lambda: remote.get_stream_list(filter="finished"), "the finish marker")
+        remote_got = dataset_redeliveries(remote, "gr")
+        local_got = dataset_redeliveries(local, "gl")
+        for consumer in (remote, local):  # read without a group: no delivery to count
+            assert _attempts(consumer.get_dataset_by_id(1)) == (1, [0, 0, 0])
+    assert remote_got == [("ok", 1, [1, 1, 1]), ("ok", 1, [2, 2, 2]), ("partial", 2, [1, 1]),
+                          ("partial", 2, [2, 2]), ("ok", 1, [3, 3, 3]), ("partial", 2, [3, 3])]
+    assert local_got == remote_got
+
+
 def test_dataset_by_id_last_and_the_acknowledgement_queries(remote_node, wait_for):
     node = remote_node()
     with node.producer(source="mod") as producer:

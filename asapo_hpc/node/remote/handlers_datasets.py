@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from asapo_hpc.catalog import DatasetRecord
+from asapo_hpc.catalog.groups import Delivery, PartialDeliveryError
 from asapo_hpc.client.streams import LOCATION_WAIT_S, POLL_S, parts_stored
 from asapo_hpc.errors import (
     AsapoDataNotInCacheError,
@@ -21,7 +22,17 @@ from asapo_hpc.node.remote.context import Context, NodeConsumer, Operations, rea
 from asapo_hpc.node.remote.parking import NotYet, not_yet, try_or_park
 from asapo_hpc.node.remote.wire import MAX_DELAY_MS, Request, record_result
 
-Take = Callable[[float], tuple[DatasetRecord, str | None]]  # (record, why it is partial)
+
+class Taken(NamedTuple):
+    """What a Take found: the record, its group's delivery count (the parts' ``attempts``;
+    0 when read without a group) and why it is partial (None when complete)."""
+
+    record: DatasetRecord
+    attempts: int
+    partial: str | None
+
+
+Take = Callable[[float], Taken]
 
 
 def get_next_dataset(ctx: Context, request: Request) -> tuple[Any, Any]:
@@ -32,18 +43,22 @@ def get_next_dataset(ctx: Context, request: Request) -> tuple[Any, Any]:
     wait_s = request.timeout_s(1.0)
     deadline = time.monotonic() + wait_s
 
-    def take(now: float) -> tuple[DatasetRecord, str | None]:
+    def next_delivery(now: float) -> Delivery:
         try:  # complete ones only until the deadline (the local call's order)
-            return member._group_next(group, stream, 0), None
+            return member._group_next(group, stream, 0)
         except AsapoStreamFinishedError:
             raise
         except AsapoNoDataError:
             if now < deadline:
                 raise NotYet("no complete dataset yet") from None
+        return member._group_next(group, stream, min_size)
+
+    def take(now: float) -> Taken:
         try:
-            return member._group_next(group, stream, min_size), None
-        except AsapoPartialDataError as exc:
-            return exc.partial_data, str(exc)
+            delivery = next_delivery(now)
+        except PartialDeliveryError as exc:  # with min_size, or a partial one redelivered
+            return Taken(exc.delivery.record, exc.delivery.deliveries, str(exc))
+        return Taken(delivery.record, delivery.deliveries, None)
 
     def give_back(record: DatasetRecord) -> None:  # as the local call: not lost
         member._catalog().neg_acknowledge(group, member.data_source, stream, record.data_id)
@@ -69,11 +84,11 @@ def get_last_dataset(ctx: Context, request: Request) -> tuple[Any, Any]:
 def _dataset_now(reader: NodeConsumer, stream: str,
                  lookup: Callable[[], DatasetRecord]) -> tuple[Any, Any]:
     """A dataset by lookup (no group): waits only for the sink to store its parts."""
-    def take(now: float) -> tuple[DatasetRecord, str | None]:
+    def take(now: float) -> Taken:
         try:
-            return lookup(), None
+            return Taken(lookup(), 0, None)
         except AsapoPartialDataError as exc:
-            return exc.partial_data, str(exc)
+            return Taken(exc.partial_data, 0, str(exc))
 
     delivery = _DatasetDelivery(reader, stream, take, None, time.monotonic())
     return try_or_park(delivery.attempt, not_yet, LOCATION_WAIT_S + 1, None)
@@ -91,6 +106,7 @@ class _DatasetDelivery:
             give_back
         self.deadline = deadline
         self.record: DatasetRecord | None = None
+        self.attempts = 0
         self.partial: str | None = None
         self.next_poll = 0.0
         self.stored_by = 0.0
@@ -101,7 +117,7 @@ class _DatasetDelivery:
             raise NotYet("waiting for the catalog")
         self.next_poll = now + POLL_S
         if self.record is None:
-            self.record, self.partial = self.take(now)
+            self.record, self.attempts, self.partial = self.take(now)
             self.stored_by = max(self.deadline, now + LOCATION_WAIT_S)
         elif not parts_stored(self.record.parts):
             self.record.parts = self.consumer._fresh_parts(self.record, self.stream)
@@ -119,9 +135,10 @@ class _DatasetDelivery:
     def _reply(self) -> tuple[Any, Any]:
         parts = sorted(self.record.parts, key=lambda p: p.dataset_substream)
         frames = [self.consumer._read_frame(p) for p in parts]  # copies: safe to send
+        results = [record_result(p, self.stream, self.attempts) for p in parts]
         return {"id": self.record.data_id, "size": self.record.dataset_size,
                 "timestamp": self.record.timestamp, "partial": self.partial,
-                "parts": [record_result(p, self.stream) for p in parts]}, frames
+                "parts": results}, frames
 
 
 OPERATIONS: Operations = {

@@ -148,11 +148,12 @@ def message_result(msg: Message) -> dict[str, Any]:
             "dataset": list(msg.dataset) if msg.dataset else None, "attempts": msg.attempts}
 
 
-def record_result(rec: MessageRecord, stream: str) -> dict[str, Any]:
-    """message_result of a dataset part as the catalog keeps it (no ring position)."""
+def record_result(rec: MessageRecord, stream: str, attempts: int = 0) -> dict[str, Any]:
+    """message_result of a dataset part as the catalog keeps it (no ring position);
+    ``attempts`` is its group's delivery count, 0 when read without a group."""
     return {"id": rec.data_id, "seq": 0, "size": rec.size, "timestamp": rec.timestamp,
             "stream": stream, "name": rec.name, "meta": rec.meta_dict(),
-            "dataset": [rec.dataset_substream, rec.dataset_size], "attempts": 0}
+            "dataset": [rec.dataset_substream, rec.dataset_size], "attempts": attempts}
 
 
 # -- data frames (see Copies) -------------------------------------------------------------------
