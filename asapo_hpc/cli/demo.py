@@ -69,7 +69,9 @@ class ProgressLine:
         done = status.frames_written("profiles")
         if self._last is not None and status.elapsed > self._last[0]:
             now_rate = (raw - self._last[1]) / (status.elapsed - self._last[0])
-            self._rate = 0.7 * self._rate + 0.3 * now_rate
+            # smoothed from the first frames' rate on: an average started at 0 showed a
+            # fraction of the rate for the whole of a short run
+            self._rate = 0.7 * self._rate + 0.3 * now_rate if self._rate else now_rate
         self._last = (status.elapsed, raw)
         filled = int(_BAR * done / max(self.frames, 1))
         stages = " ".join(f"{k} {v}" for k, v in status.stage_frames.items())

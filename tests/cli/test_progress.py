@@ -56,3 +56,21 @@ def test_a_terminal_gets_one_line_redrawn_in_place():
 def test_pipeline_status_names_every_stage():
     status = PipelineStatus(elapsed=3.25, stage_frames={"stitch": 7, "azint": 5})
     assert pipeline_status(status) == "   3.2 s  stitch=7 azint=5"
+
+
+def test_demo_progress_shows_the_rate_of_the_first_frames_at_once():
+    """The demo's live rate starts at the first measured rate (an average started at 0
+    showed ~1/3 of it), then follows changes smoothly."""
+    from asapo_hpc.cli.demo import ProgressLine
+
+    out = io.StringIO()
+    progress = ProgressLine(100, raw_frame_bytes=1_000_000, out=out)
+    progress.line.every_s = 0  # a log line per update
+    for elapsed, frames in [(1.0, 0), (2.0, 50), (3.0, 100)]:
+        progress(PipelineStatus(elapsed=elapsed, stage_frames={"azint": frames},
+                                simulated=frames))
+    progress.close()
+    rates = [line.split("frames/s")[0].split()[-1] for line in out.getvalue().splitlines()]
+    assert rates == ["0.0", "50.0", "50.0"]
+    progress(PipelineStatus(elapsed=4.0, simulated=110))
+    assert progress._rate == 0.7 * 50 + 0.3 * 10
