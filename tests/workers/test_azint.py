@@ -488,6 +488,20 @@ def test_hist_packed_exact_for_any_chunking(n):
         np.testing.assert_allclose(sig, ref[0], rtol=1e-12)
 
 
+def test_packed_pass_is_exact_at_its_pixel_limit():
+    """PACK_MAX_PIXELS pixels in one bin: all at the top count, all zeros, half each (the
+    packed sums at their largest, the per-pixel -1 wrapping around)."""
+    n = kernels.PACK_MAX_PIXELS
+    bins = np.zeros(n, np.uint16)
+    for raw in (np.full(n, 65535, np.uint16), np.zeros(n, np.uint16),
+                np.tile(np.array([0, 65535], np.uint16), n // 2 + 1)[:n]):
+        sig, var = kernels.hist_packed_u16(raw, bins, 2, 2)
+        total = int(raw.sum(dtype=np.uint64))
+        zeros = int((raw == 0).sum())
+        assert (sig[0], var[0]) == (total, total + zeros)
+        assert (sig[1], var[1]) == (0, 0)
+
+
 def test_packed_pass_items_of_any_length_are_exact():
     """Items cut anywhere (inside a prefetch block, a lane group, up to the last pixel)."""
     rng = np.random.default_rng(11)
@@ -503,9 +517,11 @@ def test_packed_pass_items_of_any_length_are_exact():
         take[start:stop] = True
     exact = np.bincount(bins[take], raw[take].astype(np.float64), npt + 1)[:npt]
     zeros = np.bincount(bins[take & (raw == 0)], minlength=npt + 1)[:npt]
+    counts = kernels.item_counts(bins, items, npt)
+    np.testing.assert_array_equal(counts, np.bincount(bins[take], minlength=npt + 1))
     for nthreads in (1, 2):
         with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
-            sig, var = kernels.hist_packed_u16_items(raw, bins, items, npt, nthreads)
+            sig, var = kernels.hist_packed_u16_items(raw, bins, items, npt, counts, nthreads)
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
 

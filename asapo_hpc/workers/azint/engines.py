@@ -202,6 +202,7 @@ class Corrections:
     """
 
     def __init__(self, engine: _Engine, norm: np.ndarray, dark: np.ndarray | None):
+        self.npt = engine.npt
         self.norm = norm
         # only read for pixels found invalid in a frame, so zeros cost nothing per frame
         dark_full = dark if dark is not None else np.zeros(norm.size, np.float32)
@@ -239,6 +240,7 @@ class Corrections:
                                else kernels.SPLIT_U16_MAX_BIN_PIXELS - 1)
         self._table_parts: dict[tuple[int, int], tuple] = {}
         self._items: dict[tuple[int, int], np.ndarray] = {}
+        self._counts: dict[tuple[int, int], np.ndarray] = {}
 
     def work_items(self, start: int, stop: int) -> np.ndarray:
         """(start, stop) work items of the no-split passes over pixels ``start .. stop``
@@ -255,6 +257,15 @@ class Corrections:
                 items = _chunked(np.clip(self.runs, start, stop) - start, kernels.CHUNK)
             self._items[(start, stop)] = items
         return items
+
+    def item_counts(self, start: int, stop: int) -> np.ndarray:
+        """Pixels per bin inside ``work_items(start, stop)``, for the packed pass; cached."""
+        counts = self._counts.get((start, stop))
+        if counts is None:
+            counts = kernels.item_counts(self.bins[start:stop], self.work_items(start, stop),
+                                         self.npt)
+            self._counts[(start, stop)] = counts
+        return counts
 
     def table_part(self, start: int, stop: int) -> tuple:
         """The pixel table of pixels ``start .. stop`` (a module part), indexed from 0.

@@ -355,7 +355,7 @@ class AzimuthalIntegrator:
                 j = min(stop, i + step)
                 sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16_items,
                                      raw[i - start:j - start], corr.bins[i:j],
-                                     corr.work_items(i, j), engine.npt)
+                                     corr.work_items(i, j), engine.npt, corr.item_counts(i, j))
                 out[0] += sig
                 out[1] += var
             return out

@@ -21,15 +21,17 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-#: Packed integer accumulator for uint16 frames: low 40 bits sum the counts, the bits above
-#: count zero-valued pixels (Poisson variance max(raw, 1) = raw + [raw == 0]).
+#: Packed integer sums of uint16 frames: each pixel adds (raw - 1) mod 2^PACK_SHIFT, so a
+#: zero adds 2^PACK_SHIFT - 1 = -1 + 2^PACK_SHIFT. A bin's N pixels (a static count) sum to
+#: Σraw - N + zeros·2^PACK_SHIFT: with N added back, the low bits are Σraw and the bits above
+#: count the zeros (Poisson variance max(raw, 1) = raw + [raw == 0]).
 PACK_SHIFT = 40
 PACK_LOW = (1 << PACK_SHIFT) - 1
 LANES = 4  # interleaved sub-histograms: breaks store-to-load chains on runs of equal bins
-#: Pixels one call of :func:`hist_packed_u16` may take: each lane counter sees at most
-#: 1/LANES of them, so neither packed field overflows (< 2^23 zeros below the sign bit,
-#: sum < 2^40).
-PACK_MAX_PIXELS = LANES * ((1 << 23) - 1)
+#: Pixels one call of :func:`hist_packed_u16` may take: a bin of N < 2^24 pixels keeps
+#: Σraw < 65536·N < 2^PACK_SHIFT and zeros·2^PACK_SHIFT < 2^64 (partial sums may wrap
+#: around; the total cannot).
+PACK_MAX_PIXELS = (1 << 24) - 1
 #: Pixels per work item of the per-frame passes (a multiple of the lane counts). Threads take
 #: items from a shared atomic counter (a core busy with another process takes fewer) and add
 #: into their own private bins (numba.parallel_chunksize costs ~2 ms per call here). The
@@ -420,11 +422,21 @@ def finish_1d(static, sums, nf, empty_by_norm):
 
 @njit(inline="always")
 def _packed(raw_value):
-    # Unsigned (the fields join with an OR) and computed before the bin index is loaded:
-    # LLVM then makes the histogram update one add-to-memory instruction (~20 % faster
-    # than the int64 form written inline, which became load + 2 adds + store).
-    r = np.uint64(raw_value)
-    return r | (np.uint64(r == 0) << np.uint64(PACK_SHIFT))
+    # Two instructions (lea, and) where raw | (raw == 0) << 40 took five: 4.0 vs 4.5 ms on
+    # a stitched Lambda 9M frame (1 thread). Computed before the bin index is loaded: LLVM
+    # then makes the histogram update one add-to-memory instruction.
+    return (np.uint64(raw_value) - np.uint64(1)) & np.uint64(PACK_LOW)
+
+
+@njit(cache=True)
+def item_counts(bins, items, npt):
+    """Pixels of each bin (0 .. npt) inside the (start, stop) ``items``: the static N the
+    packed passes add back. uint64 (npt + 1)."""
+    counts = np.zeros(npt + 1, np.uint64)
+    for c in range(items.shape[0]):
+        for p in range(items[c, 0], items[c, 1]):
+            counts[bins[p]] += np.uint64(1)
+    return counts
 
 
 @njit(cache=True)
@@ -472,13 +484,14 @@ def _add_packed_lanes(r, bb, p, a):
 
 
 @njit(parallel=True, cache=True)
-def hist_packed_u16_items(raw, bins, items, npt, nthreads):
+def hist_packed_u16_items(raw, bins, items, npt, counts, nthreads):
     """No-split pass for uint16 frames without dynamic validity checks, over work items.
 
     Reads 2 B of frame + 2 B of bin index per pixel of the (start, stop) ``items`` (pixels
     outside them are skipped: long masked runs); one integer add per pixel into private
-    per-thread, per-lane bins (exact); items handed out dynamically. At most
-    :data:`PACK_MAX_PIXELS` pixels. Returns (Σraw, Σmax(raw, 1)).
+    per-thread, per-lane bins (exact); items handed out dynamically. ``counts``: the
+    items' pixels per bin (:func:`item_counts`). At most :data:`PACK_MAX_PIXELS` pixels.
+    Returns (Σraw, Σmax(raw, 1)).
     """
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, LANES, npt + 1), np.uint64)
@@ -513,22 +526,22 @@ def hist_packed_u16_items(raw, bins, items, npt, nthreads):
     sig = np.empty(npt)
     var = np.empty(npt)
     for b in range(npt):
-        sraw = 0
-        zeros = 0
+        total = counts[b]  # the N the per-pixel -1 took off; sums wrap around uint64
         for t in range(nt):
             for k in range(LANES):
-                v = np.int64(acc[t, k, b])  # < 2^63: zeros per lane < 2^23
-                sraw += v & PACK_LOW
-                zeros += v >> PACK_SHIFT
+                total += acc[t, k, b]
+        sraw = total & np.uint64(PACK_LOW)
         sig[b] = sraw
-        var[b] = sraw + zeros
+        var[b] = sraw + (total >> np.uint64(PACK_SHIFT))
     return sig, var
 
 
 @njit(cache=True)
 def hist_packed_u16(raw, bins, npt, nthreads):
     """:func:`hist_packed_u16_items` over every pixel, in items of :data:`CHUNK` pixels."""
-    return hist_packed_u16_items(raw, bins, chunk_items(raw.size), npt, nthreads)
+    items = chunk_items(raw.size)
+    return hist_packed_u16_items(raw, bins, items, npt, item_counts(bins, items, npt),
+                                 nthreads)
 
 
 @njit(cache=True)
