@@ -616,26 +616,14 @@ def split_pass(raw, bins, u, ex_pix, ex_bin, ex_w, npt, nthreads):
     Σc1²·rv)``: one cache line per pixel instead of two; the b + 1 halves are shifted in
     when the per-thread rows are added up.
     """
-    n = raw.size
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, SPLIT_LANES, npt + 1, 4))
     flat = acc.reshape(nt, -1)  # per thread: rows of 4, lane k's bin b at k*(npt+1) + b
-    nch = (n + CHUNK - 1) // CHUNK
-    nex = ex_pix.size
-    nchx = (nex + CHUNK - 1) // CHUNK
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
-        a = acc[t]
         buf = np.empty(4 * PREFETCH_BLOCK)  # one block's per-pixel sums (see _split_block)
-        while True:
-            c = fetch_add(counter, 0, 1)
-            if c >= nch + nchx:
-                break
-            if c < nch:
-                _split_chunk(raw, bins, u, c * CHUNK, min(n, (c + 1) * CHUNK), flat[t],
-                             npt + 1, buf)
-            else:
-                _split_listed(raw, ex_pix, ex_bin, ex_w, (c - nch) * CHUNK, a[0], 0)
+        _split_items(_split_chunk, raw, bins, u, ex_pix, ex_bin, ex_w, counter, flat[t],
+                     npt + 1, buf, acc[t, 0])
     out = np.zeros((2, npt))
     for t in range(nt):
         for k in range(SPLIT_LANES):
@@ -646,6 +634,29 @@ def split_pass(raw, bins, u, ex_pix, ex_bin, ex_w, npt, nthreads):
                 out[0, b + 1] += acc[t, k, b, 2]
                 out[1, b + 1] += acc[t, k, b, 3]
     return out
+
+
+@njit(inline="always")
+def _split_items(chunk, raw, bins, u, ex_pix, ex_bin, ex_w, counter, flat, lane_rows, buf,
+                 listed):
+    """One thread's share of a split pass: work items from ``counter`` until none is left.
+
+    Item c < nch: pixels c·CHUNK .. (c + 1)·CHUNK through ``chunk`` (:func:`_split_chunk`
+    or :func:`_split_chunk_u16`: a dispatcher known at compile time, inlined like the rest,
+    not a first-class function value) into ``flat``; the items after those: CHUNK entries
+    of the COO lists each, float sums into ``listed[bin, 0:2]``.
+    """
+    n = raw.size
+    nch = (n + CHUNK - 1) // CHUNK
+    nitems = nch + (ex_pix.size + CHUNK - 1) // CHUNK
+    while True:
+        c = fetch_add(counter, 0, 1)
+        if c >= nitems:
+            break
+        if c < nch:
+            chunk(raw, bins, u, c * CHUNK, min(n, (c + 1) * CHUNK), flat, lane_rows, buf)
+        else:
+            _split_listed(raw, ex_pix, ex_bin, ex_w, (c - nch) * CHUNK, listed, 0)
 
 
 @njit(inline="always")
@@ -731,25 +742,15 @@ def split_pass_u16(raw, bins, u, ex_pix, ex_bin, ex_w, npt, nthreads):
     takes :data:`SPLIT_U16_MAX_BIN_PIXELS` pixels in one call. The COO-listed pixels are
     summed in float as in :func:`split_pass`. Returns (2, npt) float64.
     """
-    n = raw.size
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, SPLIT_LANES, npt + 1, 4), np.uint64)
     flat = acc.reshape(nt, -1)  # per thread: rows of 4, lane k's bin b at k*(npt+1) + b
     listed = np.zeros((nt, npt, 2))
-    nch = (n + CHUNK - 1) // CHUNK
-    nchx = (ex_pix.size + CHUNK - 1) // CHUNK
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         buf = np.empty(4 * PREFETCH_BLOCK, np.uint64)
-        while True:
-            c = fetch_add(counter, 0, 1)
-            if c >= nch + nchx:
-                break
-            if c < nch:
-                _split_chunk_u16(raw, bins, u, c * CHUNK, min(n, (c + 1) * CHUNK), flat[t],
-                                 npt + 1, buf)
-            else:
-                _split_listed(raw, ex_pix, ex_bin, ex_w, (c - nch) * CHUNK, listed[t], 0)
+        _split_items(_split_chunk_u16, raw, bins, u, ex_pix, ex_bin, ex_w, counter, flat[t],
+                     npt + 1, buf, listed[t])
     return _split_u16_totals(acc, listed, npt)
 
 
