@@ -110,8 +110,13 @@ def main() -> None:
         key = ("no", "histogram") if method == "no" else (method, "csr")
         corr = ours._corrections[key][1]
         raw = frame.ravel()
-        if method == "no":
-            name, fn, arrays = "hist_packed_u16", kernels.hist_packed_u16, (raw, corr.bins)
+        if method == "no":  # the integrator's call: cached work items and pixel counts
+            items, counts = corr.work_items(0, raw.size), corr.item_counts(0, raw.size)
+
+            def fn(raw, bins, npt, nt, items=items, counts=counts):
+                return kernels.hist_packed_u16_items(raw, bins, items, npt, counts, nt)
+
+            name, arrays = "hist_packed_u16", (raw, corr.bins)
         else:
             name, fn, arrays = "split_pass_u16", kernels.split_pass_u16, (raw, *corr.table)
         nthreads = ours._threads[name].pick()  # what the integrator runs next
