@@ -663,3 +663,18 @@ def test_no_mask_reads_every_pixel(frame):
     assert corr.runs is None and corr.pixels_read == frame.size
     np.testing.assert_array_equal(corr.work_items(0, frame.size),
                                   kernels.chunk_items(frame.size))
+
+
+def test_writable_and_read_only_frames_share_the_compiled_passes(frame):
+    """A writable frame and a read-only view of it (as a ring delivers) give one result and
+    compile no second kernel signature."""
+    ai, _ = make_pair(GEOMETRIES["tilted"])
+    data = frame.astype(np.uint16)
+    first = ai.integrate1d(data, NPT, unit="q_nm^-1")
+    compiled = len(kernels.hist_packed_u16_items.signatures)
+    view = data.view()
+    view.flags.writeable = False
+    second = ai.integrate1d(view, NPT, unit="q_nm^-1")
+    np.testing.assert_array_equal(first.intensity, second.intensity)
+    assert len(kernels.hist_packed_u16_items.signatures) == compiled
+    assert data.flags.writeable  # the caller's array is left as it was

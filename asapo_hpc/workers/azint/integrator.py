@@ -163,10 +163,10 @@ class AzimuthalIntegrator:
                 )
             if len({p.dtype for p in parts}) != 1:
                 raise AsapoWrongInputError("all parts of a frame must share one dtype")
-            return [np.ascontiguousarray(p).reshape(-1) for p in parts]
+            return [_read_only_run(p) for p in parts]
         data = np.asarray(data)
         self._check_shape("frame", data)
-        return [np.ascontiguousarray(data).reshape(-1)]  # no copy for a C-contiguous frame
+        return [_read_only_run(data)]  # no copy for a C-contiguous frame
 
     def _check_shape(self, name: str, arr: np.ndarray | None) -> None:
         """``arr`` must be of the detector's shape or a (n, rows, cols) stack of it."""
@@ -392,3 +392,14 @@ def _dummy_like(arr: np.ndarray, dummy: float | None, delta_dummy: float | None)
         if not delta_dummy:
             return arr == np.float32(dummy)
         return np.abs(arr - np.float32(dummy)) <= np.float32(delta_dummy)
+
+
+def _read_only_run(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a 1-D read-only view (a copy only if not C-contiguous). The kernels see
+    one array type whether the caller's frame is writable or a read-only ring view: Numba
+    compiles once per argument type, so mixing both used to compile every pass twice."""
+    run = np.ascontiguousarray(arr).reshape(-1)
+    if run.flags.writeable:
+        run = run.view()
+        run.flags.writeable = False
+    return run
