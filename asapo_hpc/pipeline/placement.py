@@ -10,7 +10,7 @@ afterwards.
 Why a pipeline wants it: on a small node every process of the chain is busy, and the
 scheduler moves them between cores and lets the lighter ones preempt the heaviest stage,
 which sets the rate. Giving that stage a core of its own and the others the rest gained
-8-13 % on 2 cores (docs/benchmarks.md, detector pipeline).
+8-13 % on 2 cores (docs/benchmarks-history.md, detector pipeline).
 """
 
 from __future__ import annotations
