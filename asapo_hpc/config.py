@@ -60,7 +60,8 @@ FIELD_DOCS: dict[str, tuple[str, str, str]] = {
     ),
     "lease_s": (
         "Seconds a member may hold a message without acknowledging it; then it goes to "
-        "another member. A member that dies is noticed sooner, from its pid.",
+        "another member (up to one clock tick, 1-10 ms, later: never earlier). A member "
+        "that dies is noticed sooner, from its pid.",
         "default for every group",
         "must equal the segment's value; change a group's with Consumer.set_resend_nacs",
     ),

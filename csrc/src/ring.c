@@ -75,6 +75,29 @@ static uint64_t real_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Milliseconds for starting a lease, never behind mono_ns(): the coarse clock (a few ns
+ * to read; mono_ns() costs ~25 ns here, a quarter of a claim) plus its tick. A lease so
+ * started runs up to one tick (1-10 ms) longer than asked, never shorter. */
+static uint64_t lease_clock_ms(void)
+{
+#ifdef CLOCK_MONOTONIC_COARSE
+    static _Atomic uint64_t tick_ns; /* the coarse clock's resolution, read once */
+    uint64_t tick = atomic_load_explicit(&tick_ns, memory_order_relaxed);
+    struct timespec ts;
+    if (tick == 0) {
+        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+            return mono_ns() / 1000000ull;
+        tick = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + 1;
+        atomic_store_explicit(&tick_ns, tick, memory_order_relaxed);
+    }
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        return mono_ns() / 1000000ull;
+    return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + tick) / 1000000ull;
+#else
+    return mono_ns() / 1000000ull;
+#endif
+}
+
 static uint64_t deadline_after(int64_t timeout_ns)
 {
     return timeout_ns < 0 ? UINT64_MAX : mono_ns() + (uint64_t)timeout_ns;
@@ -1441,7 +1464,7 @@ static int take_new(struct ahr_ring *r, uint32_t gi, uint32_t m, uint32_t mgen,
         int skip = st != DESC_PUBLISHED ||
                    (g->stream_filter != AHR_ALL_STREAMS && d->stream != g->stream_filter);
         if (!skip && now_ms == 0) /* before the CAS: read after it, it waits for the CAS */
-            now_ms = mono_ns() / 1000000ull;
+            now_ms = lease_clock_ms();
         uint64_t mine = skip ? make_tag(lap, 0, 0, 0, CLAIM_ACKED)
                              : make_tag(lap, mgen, m, 1, CLAIM_TAKEN);
         if (!cas_acq_rel(&c->tag, &tag, mine))
@@ -1656,9 +1679,13 @@ int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout
     rc = poll_once(r, gi, m, mgen, out, &stuck); /* the fast path reads no shared counter */
     if (rc != -EAGAIN)
         return rc;
-    uint64_t deadline = deadline_after(timeout_ns); /* no clock read on the fast path */
+    /* No clock read on the fast path, nor on a handoff caught by the first pause-spins:
+     * the deadline is read when the spin turns to sched_yield (< 1 us after the call). */
+    struct lazy_deadline dl = {timeout_ns, 0};
     uint64_t spin_until = 0;
     for (uint32_t spins = 0;; spins++) {
+        if (spins == 64)
+            deadline_of(&dl);
         /* read before the poll that finds nothing, so a commit in between is not missed */
         uint32_t seen = atomic_load_explicit(&r->hdr->published_count, memory_order_seq_cst);
         rc = poll_once(r, gi, m, mgen, out, &stuck);
@@ -1673,7 +1700,7 @@ int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout
             return rc;
         if (stuck != NO_SEQ)
             recover_stuck(r, stuck);
-        uint64_t now = mono_ns();
+        uint64_t deadline = deadline_of(&dl), now = mono_ns();
         if (now >= deadline)
             return -EAGAIN;
         wait_published(r, seen, deadline - now < SLICE_NS ? deadline - now : SLICE_NS);
@@ -1691,7 +1718,7 @@ int ahr_get_next_batch(struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t 
     uint32_t gi = (uint32_t)group_index(r, group);
     uint32_t mgen = member_gen(r, m);
     uint32_t got = 1;
-    uint64_t stuck, now_ms = mono_ns() / 1000000ull; /* one clock read for the leases */
+    uint64_t stuck, now_ms = lease_clock_ms(); /* one clock read for the leases */
     /* The descriptors ahead were written by the producer's core: ask for them all at once.
      * Each claim below is a locked CAS, which would otherwise wait for one miss at a time. */
     uint64_t nx = load_relaxed(&r->groups[gi].next);
