@@ -61,18 +61,23 @@ struct layout {
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
+static uint64_t ns_of(const struct timespec *ts)
+{
+    return (uint64_t)ts->tv_sec * 1000000000ull + (uint64_t)ts->tv_nsec;
+}
+
 static uint64_t mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return ns_of(&ts);
 }
 
 static uint64_t real_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return ns_of(&ts);
 }
 
 /* Milliseconds for starting a lease, never behind mono_ns(): the coarse clock (a few ns
@@ -81,21 +86,17 @@ static uint64_t real_ns(void)
 static uint64_t lease_clock_ms(void)
 {
 #ifdef CLOCK_MONOTONIC_COARSE
-    static _Atomic uint64_t tick_ns; /* the coarse clock's resolution, read once */
+    static _Atomic uint64_t tick_ns; /* the coarse clock's resolution (+1), read once */
     uint64_t tick = atomic_load_explicit(&tick_ns, memory_order_relaxed);
     struct timespec ts;
-    if (tick == 0) {
-        if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0)
-            return mono_ns() / 1000000ull;
-        tick = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + 1;
+    if (tick == 0 && clock_getres(CLOCK_MONOTONIC_COARSE, &ts) == 0) {
+        tick = ns_of(&ts) + 1;
         atomic_store_explicit(&tick_ns, tick, memory_order_relaxed);
     }
-    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
-        return mono_ns() / 1000000ull;
-    return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec + tick) / 1000000ull;
-#else
-    return mono_ns() / 1000000ull;
+    if (tick != 0 && clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+        return (ns_of(&ts) + tick) / 1000000ull;
 #endif
+    return mono_ns() / 1000000ull;
 }
 
 static uint64_t deadline_after(int64_t timeout_ns)

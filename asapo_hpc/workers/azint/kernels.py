@@ -538,7 +538,9 @@ def hist_packed_u16_items(raw, bins, items, npt, counts, nthreads):
 
 @njit(cache=True)
 def hist_packed_u16(raw, bins, npt, nthreads):
-    """:func:`hist_packed_u16_items` over every pixel, in items of :data:`CHUNK` pixels."""
+    """:func:`hist_packed_u16_items` over every pixel, in items of :data:`CHUNK` pixels.
+    Counts the pixels per bin on every call (a second pass over ``bins``): the integrator
+    calls :func:`hist_packed_u16_items` with counts it keeps (``Corrections.item_counts``)."""
     items = chunk_items(raw.size)
     return hist_packed_u16_items(raw, bins, items, npt, item_counts(bins, items, npt),
                                  nthreads)
