@@ -107,6 +107,7 @@ ERRNO_TO_ERROR: dict[int, type[AsapoError]] = {
     _errno.EACCES: AsapoAuthorizationError,
     _errno.EPERM: AsapoAuthorizationError,
     _errno.EUSERS: AsapoUnavailableServiceError,  # a member, group or stream table is full
+    _errno.EBADF: AsapoWrongInputError,  # a closed producer or consumer
 }
 
 
@@ -117,6 +118,7 @@ ERRNO_HINTS: dict[int, str] = {
                    "up the consumers of the lagging group (see Consumer.group_stats; members "
                    "must acknowledge what they processed, or use Consumer(auto_ack=True)), "
                    "retire groups no longer wanted, or raise full_timeout_s or slot_count",
+    _errno.EBADF: ": this producer or consumer was closed; open a new one",
 }
 
 

@@ -15,14 +15,7 @@ CSRC = ROOT / "csrc"
 # and filling a struct field by field costs more: so scalar arguments, and a per-member
 # context (ring, member, timeout) passed as one pointer.
 SHIM = r"""
-#include "asapo_hpc/ring.h"
-
-struct ahrpy_ctx {
-    struct ahr_ring *ring;
-    uint32_t member;
-    int64_t timeout_ns;
-    struct ahr_msg *msg;    /* a consumer's message buffer, for ahrpy_next */
-};
+#include "ahrpy_ctx.h"
 
 static int ahrpy_send_plain(const struct ahrpy_ctx *c, const char *data, uint64_t data_len,
                             uint64_t id, uint32_t stream, const char *meta, uint32_t meta_len)
@@ -122,7 +115,7 @@ ffibuilder.set_source(
     "asapo_hpc._core._ring",
     SHIM,
     sources=[str((CSRC / "src" / "ring.c").relative_to(ROOT))],
-    include_dirs=[str(CSRC / "include"), str(CSRC / "src")],
+    include_dirs=[str(CSRC / "include"), str(CSRC / "src"), str(Path(__file__).parent)],
     extra_compile_args=["-std=c11", "-O2", "-Wall"],
     libraries=["rt"],
 )

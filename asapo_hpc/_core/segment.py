@@ -167,13 +167,14 @@ class Segment:
         return lib.ahr_live_members(self.ptr)
 
     def close(self) -> None:
-        """Drop this handle; the mapping goes when no message view refers to it."""
+        """Drop this handle; the mapping goes when no message view refers to it. Later calls
+        pass a NULL ring, which the C core answers with -EBADF ("closed")."""
         self.view = None
-        self.ptr = None
+        self.ptr = ffi.NULL
 
     @property
     def closed(self) -> bool:
-        return self.ptr is None
+        return self.ptr == ffi.NULL
 
     @staticmethod
     def unlink(name: str) -> bool:

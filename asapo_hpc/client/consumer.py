@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from asapo_hpc._core import Segment, check, ffi, lib
+from asapo_hpc._core import Acknowledge, GetNext, Segment, address, check, ffi, lib
 from asapo_hpc.client import disk
 from asapo_hpc.client._common import CallContext, StreamTable, open_segment
 from asapo_hpc.client.disk_groups import DISK_GROUP, DiskGroups
@@ -127,6 +127,24 @@ class Consumer(CallContext, ConsumerStreams):
         self.beamtime, self.data_source = beamtime, data_source
         self.data_root = data_root  # the node's data folder, for reads from disk
         self._disk_groups = DiskGroups(self)  # groups reading a stream from disk
+        self._install_fast_path()
+
+    def _install_fast_path(self) -> None:
+        """get_next(group) and acknowledge(group, message) run in C (_core._fastpath) on the
+        state below, prefetch refills included; any other call, or state the C side leaves
+        to Python (a new group, finish markers, disk groups, errors), runs the methods here
+        (the C side calls _no_message, _finish, _acks_sent, _raise_ack, _warn_auto_ack)."""
+        cls = type(self)
+        state = dict(ctx=self._ctx, address=address(self._ctx), all_streams=self._all_streams,
+                     held_markers=self._held_markers, pending_finish=self._pending_finish,
+                     queued=self._queued, acks=self._acks, held=self._held,
+                     held_batch=self._held_batch, msg_class=self._msg_class,
+                     message_type=Message, owner=self, prefetch=self.prefetch,
+                     disk_group=DISK_GROUP, auto_ack=self.auto_ack)
+        if cls.get_next is Consumer.get_next:
+            self.get_next = GetNext(slow=Consumer.get_next.__get__(self), **state)
+        if cls.acknowledge is Consumer.acknowledge:
+            self.acknowledge = Acknowledge(slow=Consumer.acknowledge.__get__(self), **state)
 
     def _init_prefetch(self, prefetch: int) -> None:
         # prefetch > 1: get_next claims up to `prefetch` messages in one C call and hands
@@ -277,7 +295,12 @@ class Consumer(CallContext, ConsumerStreams):
         n = len(acks)
         _seqs_struct(n).pack_into(self._ack_bytes, 0, *acks)  # 3x faster than a cffi slice
         acks.clear()
-        done = lib.ahr_ack_batch(self._ptr, handle, self._member, self._ack_seqs, n)
+        self._acks_sent(lib.ahr_ack_batch(self._ptr, handle, self._member, self._ack_seqs, n),
+                        n)
+
+    @staticmethod
+    def _acks_sent(done: int, n: int) -> None:
+        """What ahr_ack_batch's result `done` for `n` gathered acknowledgements means."""
         if done == _ENOENT:  # the group was retired (its stream ended): nothing to free
             return
         check(done, "acknowledge")
@@ -664,6 +687,8 @@ class Consumer(CallContext, ConsumerStreams):
             self._close_streams()
             self._segment.leave(self._member)
             self._segment.close()
+            # every later call gets -EBADF from C ("closed") instead of a freed handle
+            self._ctx.ring = self._ptr = ffi.NULL
             self._views.clear()  # they keep the mapping alive
             self._view_pins.clear()
 

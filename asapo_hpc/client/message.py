@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asapo_hpc._core import ffi
+from asapo_hpc._core import SegmentSlice, ffi
 from asapo_hpc.errors import AsapoCorruptSegmentError
 
 if TYPE_CHECKING:
@@ -166,9 +166,12 @@ class Message:
 
 
 def message_class(consumer: Consumer, group: int) -> type[Message]:
-    """The Message subclass for one group of one consumer (made once per group)."""
-    return type("Message", (Message,), {"__slots__": (), "_consumer": consumer,
-                                        "_group": group})
+    """The Message subclass for one group of one consumer (made once per group); its
+    ``data`` and ``buffer`` slice the consumer's views of the segment in C."""
+    return type("Message", (Message,), {
+        "__slots__": (), "_consumer": consumer, "_group": group,
+        "data": SegmentSlice(consumer._view, Message), "buffer":
+        SegmentSlice(consumer._buffer, Message)})
 
 
 class OwnedMessage(Message):

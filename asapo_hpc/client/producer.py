@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from asapo_hpc._core import Segment, check, ffi, lib
+from asapo_hpc._core import Segment, Send, address, check, ffi, lib
 from asapo_hpc.client._common import (
     DEFAULT_STREAM,
     CallContext,
@@ -176,6 +176,11 @@ class Producer(CallContext, ProducerStreams):
         self.timeout_ns = int(timeout_s * 1e9)
         self.beamtime, self.data_source = beamtime, data_source
         self.data_root = data_root  # the node's data folder, for stream and beamtime metadata
+        if type(self).send is Producer.send:  # send(id, data) runs in C; any other call
+            # (keywords, metadata, a new stream, a large message) runs the method below
+            self.send = Send(self._ctx, address(self._ctx), self._stream_index,
+                             DEFAULT_STREAM, self._raise_send, Producer.send.__get__(self),
+                             self._parallel_min)
 
     @property
     def segment(self) -> Segment:
@@ -314,6 +319,8 @@ class Producer(CallContext, ProducerStreams):
         if not self._segment.closed:
             self._segment.leave(self._member)
             self._segment.close()
+            # every later call gets -EBADF from C ("closed") instead of a freed handle
+            self._ctx.ring = self._ptr = ffi.NULL
 
     def __enter__(self) -> Producer:
         return self

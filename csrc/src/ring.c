@@ -451,6 +451,8 @@ static int intent_settled(const struct ahr_ring *r, const struct seg_member *e)
 
 int ahr_join(struct ahr_ring *r, uint32_t role)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int32_t pid = getpid();
     char state;
     uint64_t start = proc_start_time(pid, &state);
@@ -486,6 +488,8 @@ int ahr_join(struct ahr_ring *r, uint32_t role)
 
 int ahr_leave(struct ahr_ring *r, uint32_t m)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (check_member(r, m))
         return -EINVAL;
     struct seg_member *e = &r->members[m];
@@ -775,6 +779,8 @@ static int add_group(struct ahr_ring *r, const char *name, uint32_t filter)
 
 int ahr_group_open(struct ahr_ring *r, const char *name, uint32_t stream_filter)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (!valid_name(name, AHR_GROUP_NAME_MAX) ||
         (stream_filter != AHR_ALL_STREAMS && stream_filter >= r->cfg.max_streams))
         return -EINVAL;
@@ -793,6 +799,8 @@ int ahr_group_open(struct ahr_ring *r, const char *name, uint32_t stream_filter)
 
 int ahr_group_retire(struct ahr_ring *r, uint32_t handle)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int i = group_index(r, handle);
     if (i < 0)
         return i;
@@ -813,6 +821,8 @@ int ahr_group_retire(struct ahr_ring *r, uint32_t handle)
 
 int ahr_group_name(const struct ahr_ring *r, uint32_t handle, char *buf, uint32_t cap)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int i = group_index(r, handle);
     if (i < 0 || cap == 0)
         return -ENOENT;
@@ -827,6 +837,8 @@ int ahr_group_name(const struct ahr_ring *r, uint32_t handle, char *buf, uint32_
 
 int ahr_group_find(const struct ahr_ring *r, const char *name, uint32_t stream_filter)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (!valid_name(name, AHR_GROUP_NAME_MAX))
         return -EINVAL;
     return find_group(r, name, stream_filter);
@@ -834,6 +846,8 @@ int ahr_group_find(const struct ahr_ring *r, const char *name, uint32_t stream_f
 
 int ahr_group_list(const struct ahr_ring *r, uint32_t *handles, uint32_t cap)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t n = 0;
     for (uint32_t i = 0; i < r->cfg.max_groups; i++) {
         if (load_acquire(&r->groups[i].state) != GROUP_LIVE)
@@ -848,6 +862,8 @@ int ahr_group_list(const struct ahr_ring *r, uint32_t *handles, uint32_t cap)
 int ahr_group_set_resend(struct ahr_ring *r, uint32_t handle, uint64_t lease_ns,
                          uint32_t max_attempts)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int i = group_index(r, handle);
     if (i < 0)
         return i;
@@ -870,6 +886,8 @@ static int find_stream(const struct ahr_ring *r, const char *name, uint32_t len)
 
 int ahr_stream_index(struct ahr_ring *r, const char *name, uint32_t len)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (!name || len == 0 || len > AHR_STREAM_NAME_MAX || memchr(name, 0, len))
         return -EINVAL;
     int i = find_stream(r, name, len);
@@ -897,6 +915,8 @@ int ahr_stream_index(struct ahr_ring *r, const char *name, uint32_t len)
 
 int ahr_stream_name(const struct ahr_ring *r, uint32_t index, char *buf, uint32_t cap)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (index >= r->cfg.max_streams || load_acquire(&r->streams[index].state) != 2)
         return -ENOENT;
     const struct seg_stream *s = &r->streams[index];
@@ -912,6 +932,8 @@ int ahr_stream_name(const struct ahr_ring *r, uint32_t index, char *buf, uint32_
 
 int64_t ahr_stream_next_id(struct ahr_ring *r, uint32_t stream)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (stream >= r->cfg.max_streams || load_acquire(&r->streams[stream].state) != 2)
         return -ENOENT;
     return (int64_t)(fetch_add_relaxed(&r->streams[stream].auto_id, 1) + 1);
@@ -919,6 +941,8 @@ int64_t ahr_stream_next_id(struct ahr_ring *r, uint32_t stream)
 
 int ahr_stream_finish(struct ahr_ring *r, uint32_t stream, int32_t next_stream)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (stream >= r->cfg.max_streams || load_acquire(&r->streams[stream].state) != 2 ||
         next_stream < -1 || next_stream >= (int32_t)r->cfg.max_streams)
         return -EINVAL;
@@ -928,6 +952,8 @@ int ahr_stream_finish(struct ahr_ring *r, uint32_t stream, int32_t next_stream)
 
 int ahr_stream_finished(const struct ahr_ring *r, uint32_t stream)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (stream >= r->cfg.max_streams)
         return 0;
     uint32_t v = load_acquire(&r->streams[stream].finished);
@@ -1103,6 +1129,8 @@ static int reserve_run(struct ahr_ring *r, uint32_t member, uint32_t k, uint32_t
 int ahr_reserve(struct ahr_ring *r, uint32_t member, uint64_t data_len, uint32_t tail_cap,
                 int64_t timeout_ns, struct ahr_reservation *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t k;
     uint64_t h;
     int rc = check_member(r, member);
@@ -1186,6 +1214,8 @@ static inline int publish_desc(struct ahr_ring *r, uint64_t s, const struct ahr_
 int ahr_commit(struct ahr_ring *r, const struct ahr_reservation *res, const struct ahr_pub *pub,
                const char *name, uint32_t name_len, const char *meta, uint32_t meta_len)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int rc = check_reservation(r, res);
     if (rc || !pub || pub->id == 0 || pub->stream >= r->cfg.max_streams ||
         (name_len && !name) || (meta_len && !meta))
@@ -1203,6 +1233,8 @@ int ahr_commit(struct ahr_ring *r, const struct ahr_reservation *res, const stru
 
 int ahr_abort(struct ahr_ring *r, const struct ahr_reservation *res)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int rc = check_reservation(r, res);
     if (rc)
         return rc;
@@ -1247,6 +1279,8 @@ int ahr_send(struct ahr_ring *r, uint32_t member, const void *data, const struct
              const char *name, uint32_t name_len, const char *meta, uint32_t meta_len,
              int64_t timeout_ns, uint64_t *seq_out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     /* Validate before reserving, so bad input leaves no tombstone behind. */
     if (!pub || (pub->data_len && !data) || pub->id == 0 || pub->stream >= r->cfg.max_streams ||
         (name_len && !name) || (meta_len && !meta))
@@ -1272,6 +1306,8 @@ int ahr_send(struct ahr_ring *r, uint32_t member, const void *data, const struct
 int ahr_send_batch(struct ahr_ring *r, uint32_t member, const void *data, uint64_t each_len,
                    uint32_t n, uint64_t first_id, uint32_t stream, int64_t timeout_ns)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t k;
     if ((n && !data) || first_id == 0 || stream >= r->cfg.max_streams || n > INT_MAX)
         return -EINVAL;
@@ -1671,6 +1707,8 @@ static void wait_published(struct ahr_ring *r, uint32_t seen, uint64_t ns)
 int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout_ns,
                  struct ahr_msg *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t gi;
     int rc = resolve(r, group, m, &gi);
     if (rc || !out)
@@ -1711,6 +1749,8 @@ int ahr_get_next(struct ahr_ring *r, uint32_t group, uint32_t m, int64_t timeout
 int ahr_get_next_batch(struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t n,
                        int64_t timeout_ns, struct ahr_msg *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (n == 0)
         return 0;
     int rc = ahr_get_next(r, group, m, timeout_ns, &out[0]);
@@ -1735,6 +1775,8 @@ int ahr_get_next_batch(struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t 
 int ahr_batch_shape(const struct ahr_ring *r, const struct ahr_msg *msgs, uint32_t n,
                     struct ahr_batch_shape *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (!r || !out || (n && !msgs))
         return -EINVAL;
     memset(out, 0, sizeof *out);
@@ -1791,6 +1833,8 @@ static int ack_claim(struct ahr_ring *r, uint32_t gi, uint32_t m, uint64_t seq)
 
 int ahr_ack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t gi;
     int rc = resolve(r, group, m, &gi);
     if (rc)
@@ -1805,6 +1849,8 @@ int ahr_ack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 int ahr_ack_batch(struct ahr_ring *r, uint32_t group, uint32_t m, const uint64_t *seqs,
                   uint32_t n)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t gi;
     int rc = resolve(r, group, m, &gi);
     if (rc)
@@ -1820,6 +1866,8 @@ int ahr_ack_batch(struct ahr_ring *r, uint32_t group, uint32_t m, const uint64_t
 int ahr_find_claim(const struct ahr_ring *r, uint32_t group, uint32_t m, uint32_t stream,
                    uint64_t id, uint64_t *seq)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint32_t gi;
     int rc = resolve(r, group, m, &gi);
     if (rc || !seq)
@@ -1876,11 +1924,15 @@ static int give_back(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t se
 
 int ahr_nack(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq, uint64_t delay_ns)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     return give_back(r, group, m, seq, delay_ns, 1);
 }
 
 int ahr_release(struct ahr_ring *r, uint32_t group, uint32_t m, uint64_t seq)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     return give_back(r, group, m, seq, 0, 0);
 }
 
@@ -1911,6 +1963,8 @@ static int copy_if_intact(const struct ahr_ring *r, uint64_t s, void *dst, uint6
 
 int ahr_read_last(const struct ahr_ring *r, void *dst, uint64_t cap, struct ahr_msg *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     for (int tries = 0; tries < 16; tries++) {
         uint64_t last = load_acquire(&r->hdr->last_published);
         if (last == 0)
@@ -1931,6 +1985,8 @@ int ahr_read_last(const struct ahr_ring *r, void *dst, uint64_t cap, struct ahr_
 int ahr_read_by_id(const struct ahr_ring *r, uint32_t stream, uint64_t id, void *dst,
                    uint64_t cap, struct ahr_msg *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint64_t best = NO_SEQ;
     for (uint32_t i = 0; i < r->cfg.slot_count; i++) {
         const struct seg_desc *d = &r->descs[i];
@@ -1953,6 +2009,8 @@ int ahr_read_by_id(const struct ahr_ring *r, uint32_t stream, uint64_t id, void 
 int ahr_read_part(const struct ahr_ring *r, uint32_t stream, uint64_t id, uint32_t substream,
                   void *dst, uint64_t cap, struct ahr_msg *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     if (!out || (cap && !dst) || stream >= r->cfg.max_streams)
         return -EINVAL;
     unsigned char none;
@@ -1978,6 +2036,8 @@ int ahr_read_part(const struct ahr_ring *r, uint32_t stream, uint64_t id, uint32
 
 int ahr_read_tail(const struct ahr_ring *r, const struct ahr_msg *msg, void *dst, uint64_t cap)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     uint64_t len = (uint64_t)msg->name_len + msg->meta_len;
     uint64_t limit = r->slots_offset + (uint64_t)r->cfg.slot_count * r->cfg.slot_size;
     if (len > cap || msg->name_offset < r->slots_offset || msg->name_offset + len > limit)
@@ -1998,6 +2058,8 @@ int ahr_read_tail(const struct ahr_ring *r, const struct ahr_msg *msg, void *dst
 
 int ahr_group_stats(const struct ahr_ring *r, uint32_t group, struct ahr_group_stats *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int gi = group_index(r, group);
     if (gi < 0)
         return gi;
@@ -2016,6 +2078,8 @@ int ahr_group_stats(const struct ahr_ring *r, uint32_t group, struct ahr_group_s
 
 int ahr_ring_stats(const struct ahr_ring *r, struct ahr_ring_stats *out)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     out->head = load_relaxed(&r->hdr->head);
     out->published = load_relaxed(&r->hdr->last_published);
     out->min_floor = min_floor(r, UINT32_MAX);
@@ -2030,6 +2094,8 @@ int ahr_ring_stats(const struct ahr_ring *r, struct ahr_ring_stats *out)
 
 int ahr_live_members(const struct ahr_ring *r)
 {
+    if (!r)
+        return -EBADF; /* a closed handle */
     int live = 0;
     for (uint32_t i = 0; i < r->cfg.max_members; i++)
         live += entry_process_alive(&r->members[i]);

@@ -128,7 +128,7 @@ int main(void)
     CHECK(sh.data_len == UINT64_MAX && sh.step == 0 && sh.flags == 0 && sh.first_slot == 0);
     CHECK_RC(ahr_batch_shape(r, NULL, 2, &sh), -EINVAL);
     CHECK_RC(ahr_batch_shape(r, m, 2, NULL), -EINVAL);
-    CHECK_RC(ahr_batch_shape(NULL, m, 2, &sh), -EINVAL);
+    CHECK_RC(ahr_batch_shape(NULL, m, 2, &sh), -EBADF);
     ack_all(r, G, C, m, 8);
 
     /* a batch with a finish marker among ordinary messages */

@@ -17,6 +17,8 @@
  *   -ESTALE      the claim/reservation/latest read is no longer valid
  *                (lease expired and redelivered, or data overwritten)
  *   -EUSERS      the member, group or stream table is full
+ *   -EBADF       the ring handle is NULL (a caller's closed handle); every function
+ *                taking a ring returns it instead of touching memory
  *   -ENAMETOOLONG / -ENOMEM / other errno from the OS on shm_open, mmap, ...
  *
  * Thread safety: a ring handle may be shared by threads; a member index (from
