@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "asapo_hpc/ring.h"
@@ -26,6 +27,14 @@
             exit(1);                                                                       \
         }                                                                                  \
     } while (0)
+
+/* CLOCK_MONOTONIC in nanoseconds, for tests' deadlines. */
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 /* A segment name unique to this test process, removed at exit. */
 static char test_segment[64];

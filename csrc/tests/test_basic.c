@@ -1,7 +1,7 @@
 /* create / attach / join / send / get_next / ack / stats / read_last / read_by_id / errors */
-#include <errno.h>
+#include "harness.h" /* first: it defines _GNU_SOURCE */
 
-#include "harness.h"
+#include <errno.h>
 
 int main(void)
 {

@@ -1,8 +1,8 @@
 /* ahr_send_batch (runs of messages per move of the head, a full ring, bad input),
  * ahr_get_next_batch / ahr_ack_batch, and ahr_batch_shape on every kind of batch. */
-#include <errno.h>
+#include "harness.h" /* first: it defines _GNU_SOURCE */
 
-#include "harness.h"
+#include <errno.h>
 
 #define MS 1000000ll
 

@@ -1,8 +1,8 @@
 /* A NULL ring handle (a caller's closed handle): every call taking a ring returns -EBADF
  * and touches no memory. */
-#include <errno.h>
+#include "harness.h" /* first: it defines _GNU_SOURCE */
 
-#include "harness.h"
+#include <errno.h>
 
 int main(void)
 {

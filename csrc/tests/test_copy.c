@@ -1,6 +1,6 @@
 /* ahr_copy_stream: byte-identical to memcpy at every destination alignment and at the sizes
  * around the streaming loop's edges; nothing written outside the target. */
-#include "harness.h"
+#include "harness.h" /* first: it defines _GNU_SOURCE */
 
 #define GUARD 64
 #define SPAN ((1u << 20) + 64)

@@ -68,13 +68,6 @@ static int intact(const struct ahr_msg *msg, const uint8_t *dst)
     return 0;
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int main(void)
 {
     ring = make_ring("latest", SLOTS, SLOT_SIZE, NULL, 0);

@@ -17,13 +17,6 @@
 
 #define MS 1000000ll
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 int main(void)
 {
     const char *groups[] = {"g"};

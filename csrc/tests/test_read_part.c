@@ -155,13 +155,6 @@ static void *producer(void *arg)
     return NULL;
 }
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void test_race(void)
 {
     race_ring = make_ring("partrace", SLOTS, SLOT_SIZE, NULL, 0);

@@ -47,13 +47,6 @@ static _Atomic int failed;
         }                                                                                  \
     } while (0)
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static uint8_t pattern(uint64_t id, uint64_t i) { return (uint8_t)(id * 31 + i); }
 /* 1..3 slots of 256; the same for runs of four ids, so they can go in one ahr_send_batch */
 static uint64_t len_of(uint64_t id) { return 8 + ((id / 4) * 37) % 700; }
