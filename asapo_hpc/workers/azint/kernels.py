@@ -167,6 +167,70 @@ def add_row4_from(typingctx, flat, row, buf, i):
     return sig, codegen
 
 
+@intrinsic
+def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
+    """Pixels p .. p + 4 of the uint16 split pass, from the table to the rows in registers.
+
+    Pixel p + k adds (r, u·r, u²·rv, (WEIGHT_ONE - u)²·rv), rv = max(r, 1), uint64, to row
+    ``k * lane_rows + bins[p + k]`` of ``flat`` (lane k). The four sums are computed for the
+    four pixels at once (4 x uint64 vectors, one quantity each), transposed to one row per
+    pixel with eight in-register shuffles and added with one read-modify-write each: no
+    store and reload through a buffer, which cost more than the row update (one thread:
+    8.2 -> 5.8 ms on 3072 x 3072, 1000 bins). Same integer arithmetic (mod 2^64) as
+    :func:`_split_sums_u16`; ``p`` .. ``p + 4`` must be inside the arrays (unchecked).
+    """
+    assert SPLIT_LANES == 4, "split_add4_u16 puts pixel p + k into lane k of 4"
+    ok = (isinstance(flat, types.Array) and flat.ndim == 1 and flat.dtype == types.uint64
+          and all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint16
+                  for a in (raw, u, bins)))
+    if not ok:
+        return None
+    sig = types.void(flat, raw, u, bins, types.uint64, types.intp)
+
+    def codegen(context, builder, signature, args):
+        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v4 = ir.VectorType(i64, 4)
+
+        def data(k):
+            return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+        def splat(c):
+            return ir.Constant(v4, [ir.Constant(i64, c)] * 4)
+
+        def shuffle(a, b, idx):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 4), idx))
+
+        def load4(k):  # 4 x uint16 -> 4 x uint64
+            ptr = builder.gep(data(k), [args[4]], inbounds=True)
+            vec = builder.load(builder.bitcast(ptr, ir.VectorType(i16, 4).as_pointer()), align=2)
+            return builder.zext(vec, v4)
+
+        bptr = builder.gep(data(3), [args[4]], inbounds=True)
+        bins4 = [builder.zext(builder.load(builder.gep(bptr, [ir.Constant(i64, k)]), align=2),
+                              i64) for k in range(4)]
+        r, w = load4(1), load4(2)
+        rv = builder.select(builder.icmp_unsigned(">", r, splat(1)), r, splat(1))
+        wr = builder.mul(w, r)
+        wwrv = builder.mul(builder.mul(w, w), rv)
+        v = builder.sub(splat(WEIGHT_ONE), w)
+        vvrv = builder.mul(builder.mul(v, v), rv)
+        # 4 x 4 transpose: (r0 wr0 r2 wr2), (r1 wr1 r3 wr3), the same of the variance terms,
+        # then one (r, wr, wwrv, vvrv) row per pixel
+        t0, t1 = shuffle(r, wr, [0, 4, 2, 6]), shuffle(r, wr, [1, 5, 3, 7])
+        t2, t3 = shuffle(wwrv, vvrv, [0, 4, 2, 6]), shuffle(wwrv, vvrv, [1, 5, 3, 7])
+        rows = [shuffle(t0, t2, [0, 1, 4, 5]), shuffle(t1, t3, [0, 1, 4, 5]),
+                shuffle(t0, t2, [2, 3, 6, 7]), shuffle(t1, t3, [2, 3, 6, 7])]
+        rows_ptr = builder.bitcast(data(0), v4.as_pointer())
+        for k in range(4):
+            lane = builder.gep(rows_ptr, [builder.mul(args[5], ir.Constant(i64, k))],
+                               inbounds=True)
+            dst = builder.gep(lane, [bins4[k]], inbounds=True)
+            builder.store(builder.add(builder.load(dst, align=8), rows[k]), dst, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ------------------------------------------------------------------------------ geometry setup
 @njit(parallel=True, cache=True)
 def bin_index(pos, valid, lo, hi, edges, npt, out):
@@ -767,16 +831,15 @@ def _split_sums_u16(buf, i, r16, u16):
 
 @njit(inline="always")
 def _split_chunk_u16(raw, bins, u, start, stop, flat, lane_rows, buf):
-    """:func:`_split_chunk` with integer sums; the tail pixels go through ``buf`` too."""
+    """:func:`_split_chunk` with integer sums, four pixels at a time in registers
+    (:func:`split_add4_u16`, pixel i into lane i % 4); the tail pixels go through ``buf``."""
     start, stop = np.uint64(start), np.uint64(stop)  # unsigned: no wraparound code
     block = np.uint64(PREFETCH_BLOCK)
     stop_b = start + (stop - start) // block * block
     for q in range(start, stop_b, block):
         _prefetch_table(raw, bins, u, q)
-        r16, w, bb = raw[q:q + block], u[q:q + block], bins[q:q + block]
-        for i in range(PREFETCH_BLOCK):  # vectorised across pixels, as in _split_block
-            _split_sums_u16(buf, i, r16[i], w[i])
-        _scatter_block(bb, flat, lane_rows, buf)
+        for i in range(0, PREFETCH_BLOCK, 4):  # lanes 0 .. 3 (SPLIT_LANES = 4)
+            split_add4_u16(flat, raw, u, bins, q + np.uint64(i), lane_rows)
     for p in range(stop_b, stop):
         _split_sums_u16(buf, 0, raw[p], u[p])
         add_row4_from(flat, bins[p], buf, 0)
