@@ -5,7 +5,7 @@ Nothing here knows of streams' meaning, JSON or exceptions beyond mapping C erro
 the public Producer / Consumer in asapo_hpc.client build on it.
 """
 
-from asapo_hpc._core._fastpath import Acknowledge, GetNext, SegmentSlice, Send
+from asapo_hpc._core._fastpath import Acknowledge, GetNext, MessageCore, SegmentSlice, Send
 from asapo_hpc._core._ring import ffi, lib
 from asapo_hpc._core.segment import Segment, check
 
@@ -16,4 +16,4 @@ def address(cdata) -> int:
 
 
 __all__ = ["ffi", "lib", "Segment", "check", "address", "Send", "GetNext", "Acknowledge",
-           "SegmentSlice"]
+           "SegmentSlice", "MessageCore"]

@@ -189,6 +189,131 @@ static int Send_clear(PyObject *self_)
     return 0;
 }
 
+/* -- MessageCore ------------------------------------------------------------------- */
+
+/* The base of Message: the descriptor as the C struct, and `_fields` (the 14-tuple the
+ * Python properties read) made from it on first use. A message handed out by the fast
+ * path never makes the tuple unless Python code asks for a field: data, buffer and
+ * acknowledge read the struct. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fields; /* the tuple, or NULL until asked for */
+    struct ahr_msg desc;
+} MessageCore;
+
+static PyTypeObject MessageCoreType;
+
+/* The descriptor as the 14-tuple Message._fields holds (struct ahr_msg's field order). */
+static PyObject *fields_of(const struct ahr_msg *m)
+{
+    PyObject *t = PyTuple_New(14);
+    if (!t)
+        return NULL;
+    const uint64_t wide[6] = {m->seq, m->id, m->data_offset, m->data_len, m->name_offset,
+                              m->timestamp_ns};
+    const uint32_t narrow[8] = {m->name_len, m->meta_len, m->stream, m->flags,
+                                m->ds_substream, m->ds_size, m->attempts, m->span};
+    for (int i = 0; i < 6; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(wide[i]);
+        if (!v)
+            goto fail;
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    for (int i = 0; i < 8; i++) {
+        PyObject *v = PyLong_FromUnsignedLong(narrow[i]);
+        if (!v)
+            goto fail;
+        PyTuple_SET_ITEM(t, 6 + i, v);
+    }
+    return t;
+fail:
+    Py_DECREF(t);
+    return NULL;
+}
+
+static PyObject *MessageCore_get_fields(PyObject *self_, void *closure)
+{
+    MessageCore *self = (MessageCore *)self_;
+    (void)closure;
+    if (!self->fields && !(self->fields = fields_of(&self->desc)))
+        return NULL;
+    return Py_NewRef(self->fields);
+}
+
+/* msg._fields = (seq, id, data_offset, ...): 14 non-negative ints (copies, disk reads). */
+static int MessageCore_set_fields(PyObject *self_, PyObject *value, void *closure)
+{
+    MessageCore *self = (MessageCore *)self_;
+    (void)closure;
+    if (!value) {
+        PyErr_SetString(PyExc_AttributeError, "_fields cannot be deleted");
+        return -1;
+    }
+    PyObject *t = PySequence_Tuple(value);
+    if (!t)
+        return -1;
+    if (PyTuple_GET_SIZE(t) != 14) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_ValueError, "_fields takes the 14 fields of struct ahr_msg");
+        return -1;
+    }
+    uint64_t v[14];
+    for (int i = 0; i < 14; i++) {
+        v[i] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(t, i));
+        if (PyErr_Occurred() || (i >= 6 && v[i] > UINT32_MAX)) {
+            Py_DECREF(t);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_OverflowError, "a 32-bit field of _fields is too large");
+            return -1;
+        }
+    }
+    self->desc = (struct ahr_msg){v[0], v[1], v[2], v[3], v[4], v[5],
+                                  (uint32_t)v[6], (uint32_t)v[7], (uint32_t)v[8],
+                                  (uint32_t)v[9], (uint32_t)v[10], (uint32_t)v[11],
+                                  (uint32_t)v[12], (uint32_t)v[13]};
+    Py_XSETREF(self->fields, t);
+    return 0;
+}
+
+static int MessageCore_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(((MessageCore *)self)->fields);
+    return 0;
+}
+
+static int MessageCore_clear(PyObject *self)
+{
+    Py_CLEAR(((MessageCore *)self)->fields);
+    return 0;
+}
+
+static void MessageCore_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    MessageCore_clear(self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyGetSetDef MessageCore_getset[] = {
+    {"_fields", MessageCore_get_fields, MessageCore_set_fields,
+     "(seq, id, data_offset, data_len, name_offset, timestamp_ns, name_len, meta_len, "
+     "stream, flags, ds_substream, ds_size, attempts, span)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MessageCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asapo_hpc._core._fastpath.MessageCore",
+    .tp_doc = "The base of Message: the descriptor as a C struct; _fields made on first use.",
+    .tp_basicsize = sizeof(MessageCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = MessageCore_dealloc,
+    .tp_traverse = MessageCore_traverse,
+    .tp_clear = MessageCore_clear,
+    .tp_getset = MessageCore_getset,
+};
+
 /* -- Consumer state shared by GetNext and Acknowledge ---------------------------------- */
 
 typedef struct {
@@ -205,7 +330,6 @@ typedef struct {
     PyObject *held_batch;     /* handle -> last auto_ack batch (non-empty: slow path) */
     PyObject *msg_class;      /* handle -> Message subclass of the group */
     PyObject *message_type;   /* Message */
-    PyObject *fields_slot;    /* Message._fields, the slot's descriptor */
     PyObject *owner;          /* the Consumer: its methods for the rare cases */
     PyObject *slow;           /* the bound Python method */
     struct ahr_msg *batch;    /* prefetch descriptors, for a refill */
@@ -245,15 +369,10 @@ static int Member_init(PyObject *self_, PyObject *args, PyObject *kwds)
     struct ahrpy_ctx *ctx = ctx_of(address);
     if (!ctx)
         return -1;
-    PyObject *slot = PyObject_GetAttrString(message_type, "_fields");
-    if (!slot)
-        return -1;
-    if (!Py_TYPE(slot)->tp_descr_get || !Py_TYPE(slot)->tp_descr_set) {
-        Py_DECREF(slot);
-        PyErr_SetString(PyExc_TypeError, "message_type._fields must be a slot");
+    if (!PyType_IsSubtype((PyTypeObject *)message_type, &MessageCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "message_type must derive from MessageCore");
         return -1;
     }
-    Py_XSETREF(self->fields_slot, slot);
     PyObject **refs[] = {&self->ctx_owner, &self->all_streams, &self->held_markers,
                          &self->pending_finish, &self->queued, &self->acks, &self->held,
                          &self->held_batch, &self->msg_class, &self->message_type,
@@ -288,7 +407,6 @@ static int Member_traverse(PyObject *self_, visitproc visit, void *arg)
     Py_VISIT(self->held_batch);
     Py_VISIT(self->msg_class);
     Py_VISIT(self->message_type);
-    Py_VISIT(self->fields_slot);
     Py_VISIT(self->owner);
     Py_VISIT(self->slow);
     return 0;
@@ -307,59 +425,25 @@ static int Member_clear(PyObject *self_)
     Py_CLEAR(self->held_batch);
     Py_CLEAR(self->msg_class);
     Py_CLEAR(self->message_type);
-    Py_CLEAR(self->fields_slot);
     Py_CLEAR(self->owner);
     Py_CLEAR(self->slow);
     return 0;
 }
 
-/* A Message of the group's class with `fields` (a new reference is taken). */
-static PyObject *new_message(Member *self, PyObject *handle, PyObject *fields)
+/* A Message of the group's class holding a copy of descriptor `m` (no tuple made). */
+static PyObject *new_message(Member *self, PyObject *handle, const struct ahr_msg *m)
 {
     PyObject *cls = PyDict_GetItemWithError(self->msg_class, handle);
-    if (!cls || !PyType_Check(cls)) {
+    if (!cls || !PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls, &MessageCoreType)) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_RuntimeError, "no Message class for the group");
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)cls;
     PyObject *msg = type->tp_alloc(type, 0);
-    if (msg && Py_TYPE(self->fields_slot)->tp_descr_set(self->fields_slot, msg, fields) < 0)
-        Py_CLEAR(msg);
+    if (msg)
+        ((MessageCore *)msg)->desc = *m;
     return msg;
-}
-
-static int is_marker(PyObject *fields)
-{
-    return (PyLong_AsUnsignedLong(PyTuple_GET_ITEM(fields, 9)) & AHR_FLAG_FINISH) != 0;
-}
-
-/* The descriptor as the 14-tuple Message._fields holds (struct ahr_msg's field order). */
-static PyObject *fields_of(const struct ahr_msg *m)
-{
-    PyObject *t = PyTuple_New(14);
-    if (!t)
-        return NULL;
-    const uint64_t wide[6] = {m->seq, m->id, m->data_offset, m->data_len, m->name_offset,
-                              m->timestamp_ns};
-    const uint32_t narrow[8] = {m->name_len, m->meta_len, m->stream, m->flags,
-                                m->ds_substream, m->ds_size, m->attempts, m->span};
-    for (int i = 0; i < 6; i++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(wide[i]);
-        if (!v)
-            goto fail;
-        PyTuple_SET_ITEM(t, i, v);
-    }
-    for (int i = 0; i < 8; i++) {
-        PyObject *v = PyLong_FromUnsignedLong(narrow[i]);
-        if (!v)
-            goto fail;
-        PyTuple_SET_ITEM(t, 6 + i, v);
-    }
-    return t;
-fail:
-    Py_DECREF(t);
-    return NULL;
 }
 
 /* Does the group need the Python method (finish markers pending, a batch held)? */
@@ -378,23 +462,24 @@ static int queued_left(Member *self, PyObject *handle)
     return queue && PyList_Check(queue) && PyList_GET_SIZE(queue) > 0;
 }
 
-/* prefetch > 1: the oldest claimed descriptor of the group, or NULL (no error) when the
- * queue is empty or holds a finish marker next: the Python method refills or tells it. */
+/* prefetch > 1: the oldest claimed message of the group, or NULL (no error) when the
+ * queue is empty or holds a finish marker next: the Python method tells it. */
 static PyObject *next_queued(Member *self, PyObject *handle)
 {
     PyObject *queue = PyDict_GetItemWithError(self->queued, handle);
     if (!queue || !PyList_CheckExact(queue) || PyList_GET_SIZE(queue) == 0)
         return NULL;
     Py_ssize_t last = PyList_GET_SIZE(queue) - 1;
-    PyObject *fields = PyList_GET_ITEM(queue, last);
-    if (!PyTuple_CheckExact(fields) || PyTuple_GET_SIZE(fields) != 14 || is_marker(fields))
+    PyObject *msg = PyList_GET_ITEM(queue, last);
+    if (!PyObject_TypeCheck(msg, &MessageCoreType) ||
+        (((MessageCore *)msg)->desc.flags & AHR_FLAG_FINISH))
         return NULL;
-    Py_INCREF(fields);
+    Py_INCREF(msg);
     if (PyList_SetSlice(queue, last, last + 1, NULL) < 0) {
-        Py_DECREF(fields);
+        Py_DECREF(msg);
         return NULL;
     }
-    return fields;
+    return msg;
 }
 
 /* Send the acknowledgements gathered for the group in one call (Consumer._flush_acks's
@@ -457,12 +542,12 @@ static int refill(Member *self, PyObject *handle, PyObject *group_id)
     if (!queue)
         return -1;
     for (int i = 0; i < got; i++) {
-        PyObject *fields = fields_of(&batch[i]);
-        if (!fields) {
+        PyObject *msg = new_message(self, handle, &batch[i]);
+        if (!msg) {
             Py_DECREF(queue);
             return -1;
         }
-        PyList_SET_ITEM(queue, got - 1 - i, fields);
+        PyList_SET_ITEM(queue, got - 1 - i, msg);
     }
     int rc = PyDict_SetItem(self->queued, handle, queue);
     Py_DECREF(queue);
@@ -513,11 +598,7 @@ static PyObject *GetNext_one(Member *self, PyObject *handle, PyObject *group_id)
         Py_DECREF(r);
     }
     Py_XDECREF(prev_obj);
-    PyObject *fields = fields_of(&m);
-    if (!fields)
-        return NULL;
-    PyObject *msg = new_message(self, handle, fields);
-    Py_DECREF(fields);
+    PyObject *msg = new_message(self, handle, &m);
     if (!msg)
         return NULL;
     if (m.flags & AHR_FLAG_FINISH) { /* told as AsapoStreamFinishedError */
@@ -560,19 +641,17 @@ static PyObject *GetNext_call(PyObject *self_, PyObject *const *args, size_t nar
         return GetNext_one(self, handle, args[0]);
     if (self->auto_ack)
         return forward(self->slow, args, nargsf, kwnames);
-    PyObject *fields = next_queued(self, handle);
-    if (!fields && !PyErr_Occurred() && !queued_left(self, handle)) {
+    PyObject *msg = next_queued(self, handle);
+    if (!msg && !PyErr_Occurred() && !queued_left(self, handle)) {
         if (refill(self, handle, args[0]) < 0)
             return NULL;
-        fields = next_queued(self, handle);
+        msg = next_queued(self, handle);
     }
-    if (!fields) { /* a finish marker is next: the Python method tells it */
+    if (!msg) { /* a finish marker is next: the Python method tells it */
         if (PyErr_Occurred())
             return NULL;
         return forward(self->slow, args, nargsf, kwnames);
     }
-    PyObject *msg = new_message(self, handle, fields);
-    Py_DECREF(fields);
     return msg;
 }
 
@@ -588,24 +667,21 @@ static PyObject *Acknowledge_call(PyObject *self_, PyObject *const *args, size_t
         PyDict_GET_SIZE(self->held) ||
         !PyObject_TypeCheck(args[1], (PyTypeObject *)self->message_type))
         return forward(self->slow, args, nargsf, kwnames);
-    PyObject *msg = args[1];
+    PyObject *msg = args[1]; /* a Message, so a MessageCore */
     PyObject *handle = PyObject_GetAttr(msg, str_group); /* the class's, or a copy's slot */
     if (!handle)
         return NULL;
-    PyObject *fields = Py_TYPE(self->fields_slot)->tp_descr_get(self->fields_slot, msg,
-                                                               (PyObject *)Py_TYPE(msg));
-    PyObject *result = NULL;
-    if (!fields)
-        goto done;
+    PyObject *result = NULL, *seq = NULL;
     unsigned long group = PyLong_AsUnsignedLong(handle);
-    if (PyErr_Occurred() || group == self->disk_group || !PyTuple_CheckExact(fields) ||
-        PyTuple_GET_SIZE(fields) < 1) {
+    if (PyErr_Occurred() || group == self->disk_group) {
         PyErr_Clear();
         result = forward(self->slow, args, nargsf, kwnames);
         goto done;
     }
-    PyObject *seq = PyTuple_GET_ITEM(fields, 0);
-    if (self->prefetch > 1) { /* gathered; sent together (Consumer._flush_acks) */
+    uint64_t s = ((MessageCore *)msg)->desc.seq;
+    if (!(seq = PyLong_FromUnsignedLongLong(s)))
+        goto done;
+    if (self->prefetch > 1) { /* gathered; sent together (flush_acks) */
         PyObject *acks = PyDict_GetItemWithError(self->acks, handle);
         if (!acks || !PyList_CheckExact(acks)) {
             result = PyErr_Occurred() ? NULL : forward(self->slow, args, nargsf, kwnames);
@@ -613,20 +689,13 @@ static PyObject *Acknowledge_call(PyObject *self_, PyObject *const *args, size_t
         }
         if (PyList_Append(acks, seq) < 0)
             goto done;
-        PyObject *queue = PyDict_GetItemWithError(self->queued, handle);
-        if (PyErr_Occurred())
-            goto done;
-        if ((uint64_t)PyList_GET_SIZE(acks) >= self->prefetch || !queue ||
-            !PyObject_IsTrue(queue)) {
-            if (flush_acks(self, handle, acks) < 0)
+        if ((uint64_t)PyList_GET_SIZE(acks) >= self->prefetch || !queued_left(self, handle)) {
+            if (PyErr_Occurred() || flush_acks(self, handle, acks) < 0)
                 goto done;
         }
         result = Py_NewRef(Py_None);
         goto done;
     }
-    uint64_t s = PyLong_AsUnsignedLongLong(seq);
-    if (PyErr_Occurred())
-        goto done;
     int rc = ahr_ack(self->ctx->ring, (uint32_t)group, self->ctx->member, s);
     if (rc) {
         PyObject *a[3] = {PyLong_FromLong(rc), seq, msg};
@@ -638,19 +707,18 @@ static PyObject *Acknowledge_call(PyObject *self_, PyObject *const *args, size_t
     result = Py_NewRef(Py_None);
 done:
     Py_DECREF(handle);
-    Py_XDECREF(fields);
+    Py_XDECREF(seq);
     return result;
 }
 
 /* -- SegmentSlice ------------------------------------------------------------------ */
 
 /* A descriptor on a group's Message class: msg.<name> is base[start:start + length], with
- * start and length from the message's fields (data_offset, data_len): the Message.data
- * and Message.buffer views without a Python frame. */
+ * start and length from the message's descriptor (data_offset, data_len): the
+ * Message.data and Message.buffer views without a Python frame. */
 typedef struct {
     PyObject_HEAD
-    PyObject *base;        /* the consumer's numpy view or memoryview of the segment */
-    PyObject *fields_slot; /* Message._fields */
+    PyObject *base; /* the consumer's numpy view or memoryview of the segment */
 } SegmentSlice;
 
 static PyObject *SegmentSlice_get(PyObject *self_, PyObject *msg, PyObject *type)
@@ -659,45 +727,28 @@ static PyObject *SegmentSlice_get(PyObject *self_, PyObject *msg, PyObject *type
     (void)type;
     if (!msg || !self->base) /* looked up on the class: the descriptor itself */
         return Py_NewRef(self_);
-    PyObject *fields = Py_TYPE(self->fields_slot)->tp_descr_get(self->fields_slot, msg,
-                                                               (PyObject *)Py_TYPE(msg));
-    if (!fields)
+    if (!PyObject_TypeCheck(msg, &MessageCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "SegmentSlice serves MessageCore instances only");
         return NULL;
-    PyObject *out = NULL, *stop = NULL, *slice = NULL;
-    if (!PyTuple_CheckExact(fields) || PyTuple_GET_SIZE(fields) < 4) {
-        PyErr_SetString(PyExc_TypeError, "Message._fields is not a descriptor tuple");
-        goto done;
     }
-    PyObject *start = PyTuple_GET_ITEM(fields, 2);
-    if (!(stop = PyNumber_Add(start, PyTuple_GET_ITEM(fields, 3))))
-        goto done;
-    if (!(slice = PySlice_New(start, stop, NULL)))
-        goto done;
-    out = PyObject_GetItem(self->base, slice);
-done:
+    const struct ahr_msg *d = &((MessageCore *)msg)->desc;
+    PyObject *start = PyLong_FromUnsignedLongLong(d->data_offset);
+    PyObject *stop = PyLong_FromUnsignedLongLong(d->data_offset + d->data_len);
+    PyObject *slice = start && stop ? PySlice_New(start, stop, NULL) : NULL;
+    PyObject *out = slice ? PyObject_GetItem(self->base, slice) : NULL;
     Py_XDECREF(slice);
     Py_XDECREF(stop);
-    Py_DECREF(fields);
+    Py_XDECREF(start);
     return out;
 }
 
 static int SegmentSlice_init(PyObject *self_, PyObject *args, PyObject *kwds)
 {
     SegmentSlice *self = (SegmentSlice *)self_;
-    PyObject *base, *message_type;
-    static char *kwlist[] = {"base", "message_type", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!", kwlist, &base, &PyType_Type,
-                                     &message_type))
+    PyObject *base;
+    static char *kwlist[] = {"base", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", kwlist, &base))
         return -1;
-    PyObject *slot = PyObject_GetAttrString(message_type, "_fields");
-    if (!slot)
-        return -1;
-    if (!Py_TYPE(slot)->tp_descr_get) {
-        Py_DECREF(slot);
-        PyErr_SetString(PyExc_TypeError, "message_type._fields must be a slot");
-        return -1;
-    }
-    Py_XSETREF(self->fields_slot, slot);
     Py_XSETREF(self->base, Py_NewRef(base));
     return 0;
 }
@@ -706,7 +757,6 @@ static int SegmentSlice_traverse(PyObject *self_, visitproc visit, void *arg)
 {
     SegmentSlice *self = (SegmentSlice *)self_;
     Py_VISIT(self->base);
-    Py_VISIT(self->fields_slot);
     return 0;
 }
 
@@ -714,7 +764,6 @@ static int SegmentSlice_clear(PyObject *self_)
 {
     SegmentSlice *self = (SegmentSlice *)self_;
     Py_CLEAR(self->base);
-    Py_CLEAR(self->fields_slot);
     return 0;
 }
 
@@ -728,8 +777,8 @@ static void SegmentSlice_dealloc(PyObject *self)
 static PyTypeObject SegmentSliceType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "asapo_hpc._core._fastpath.SegmentSlice",
-    .tp_doc = "SegmentSlice(base, message_type): msg.attr is base[data_offset:data_offset + "
-              "data_len], a view (no copy).",
+    .tp_doc = "SegmentSlice(base): msg.attr is base[data_offset:data_offset + data_len] of a "
+              "MessageCore, a view (no copy).",
     .tp_basicsize = sizeof(SegmentSlice),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -839,9 +888,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     AcknowledgeType = member_type("asapo_hpc._core._fastpath.Acknowledge",
                                   "Consumer.acknowledge(group, message) gathered or sent to "
                                   "C; other calls go to `slow`.", Acknowledge_new);
-    PyTypeObject *types[] = {&SendType, &GetNextType, &AcknowledgeType, &SegmentSliceType};
-    const char *names[] = {"Send", "GetNext", "Acknowledge", "SegmentSlice"};
-    for (int i = 0; i < 4; i++)
+    PyTypeObject *types[] = {&SendType, &GetNextType, &AcknowledgeType, &SegmentSliceType,
+                             &MessageCoreType};
+    const char *names[] = {"Send", "GetNext", "Acknowledge", "SegmentSlice", "MessageCore"};
+    for (int i = 0; i < 5; i++)
         if (PyType_Ready(types[i]) < 0)
             return NULL;
     struct {
@@ -857,7 +907,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     PyObject *m = PyModule_Create(&fastpath_module);
     if (!m)
         return NULL;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         if (PyModule_AddObjectRef(m, names[i], (PyObject *)types[i]) < 0) {
             Py_DECREF(m);
             return NULL;

@@ -40,7 +40,7 @@ from asapo_hpc.errors import (
 _EAGAIN, _ENOENT, _ESTALE = -11, -2, -116
 _EMSGSIZE = -90  # ahr_read_part: the buffer was short; the message says its length
 _NO_SEQ = 2**64 - 1
-_new = object.__new__
+_new = Message.__new__  # MessageCore's: an empty message of a group's class
 log = logging.getLogger("asapo_hpc.consumer")
 _NOT_CLAIMED = 0xFFFFFFFF  # group handle of get_last / get_by_id copies: no group has it
 _GROUP_ID_CHARS = string.ascii_lowercase + string.digits
@@ -154,7 +154,7 @@ class Consumer(CallContext, ConsumerStreams):
                 f"prefetch must be an int from 1 (off) to batch_capacity "
                 f"({self._batch_capacity}), not {prefetch!r}")
         self.prefetch = prefetch
-        self._queued: dict[int, list[tuple]] = {}  # group handle -> descriptors claimed,
+        self._queued: dict[int, list[Message]] = {}  # group handle -> messages claimed,
         # not yet handed out (newest first)
         self._acks: dict[int, list[int]] = {}  # group handle -> acknowledged, not yet sent
         if prefetch > 1:
@@ -225,8 +225,8 @@ class Consumer(CallContext, ConsumerStreams):
         if self.prefetch > 1:  # the next of the claimed run; a new run when none is left
             if self.auto_ack:
                 self._defer_held(handle)
-            f = (self._queued.get(handle) or
-                 self._refill(handle, group_id, stream, timeout_ms)).pop()
+            msg = (self._queued.get(handle) or
+                   self._refill(handle, group_id, stream, timeout_ms)).pop()
         else:  # one C call (auto_ack: acknowledging what this member holds in the same call)
             prev = _NO_SEQ
             if self.auto_ack:
@@ -242,13 +242,12 @@ class Consumer(CallContext, ConsumerStreams):
                 if rc != 1:
                     self._no_message(rc, group_id, stream)
                 self._warn_auto_ack(prev)  # a message came; the previous one's lease expired
-            f = MSG_FIELDS.unpack_from(self._msg_bytes)
-        msg = _new(self._msg_class[handle])
-        msg._fields = f
-        if f[9] & 1:  # a finish marker is acknowledged here and told as an error
+            msg = _new(self._msg_class[handle])
+            msg._fields = MSG_FIELDS.unpack_from(self._msg_bytes)
+        if msg.is_finish_marker:  # acknowledged here and told as an error
             self._finish(msg, group_id, stream)
         if self.auto_ack:
-            self._held[handle] = f[0]
+            self._held[handle] = msg.seq
         return msg
 
     # -- prefetch ---------------------------------------------------------------------------
@@ -263,7 +262,7 @@ class Consumer(CallContext, ConsumerStreams):
             self._defer_ack(handle, prev)
 
     def _refill(self, handle: int, group_id: str, stream: str | None,
-                timeout_ms: int | None) -> list[tuple]:
+                timeout_ms: int | None) -> list[Message]:
         """Send the acknowledgements gathered, then claim up to `prefetch` messages (waiting
         only for the first). The queue is kept newest first, so pop() gives the oldest."""
         self._flush_acks(handle)
@@ -272,7 +271,12 @@ class Consumer(CallContext, ConsumerStreams):
                                      self._prefetch_buf)
         if got < 0:
             self._no_message(got, group_id, stream)
-        queue = list(MSG_FIELDS.iter_unpack(self._prefetch_bytes[:got * MSG_SIZE]))
+        cls = self._msg_class[handle]
+        queue = []
+        for fields in MSG_FIELDS.iter_unpack(self._prefetch_bytes[:got * MSG_SIZE]):
+            msg = _new(cls)
+            msg._fields = fields
+            queue.append(msg)
         queue.reverse()
         self._queued[handle] = queue
         return queue
@@ -313,8 +317,8 @@ class Consumer(CallContext, ConsumerStreams):
         """Give back prefetched messages never handed out: other members take them at once,
         and it does not count as a delivery attempt."""
         for handle, queue in self._queued.items():
-            for fields in queue:
-                lib.ahr_release(self._ptr, handle, self._member, fields[0])
+            for msg in queue:
+                lib.ahr_release(self._ptr, handle, self._member, msg.seq)
             queue.clear()
 
     def _markers_first(self, handle: int, group_id: str, stream: str | None) -> None:
@@ -410,7 +414,7 @@ class Consumer(CallContext, ConsumerStreams):
         raw = ffi.buffer(buf)
         got = min(n, len(queue))
         for i in range(got):
-            MSG_FIELDS.pack_into(raw, i * MSG_SIZE, *queue.pop())
+            MSG_FIELDS.pack_into(raw, i * MSG_SIZE, *queue.pop()._fields)
         return got
 
     def _ack_held(self, handle: int, single: bool = True) -> None:

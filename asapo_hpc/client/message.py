@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from asapo_hpc._core import SegmentSlice, ffi
+from asapo_hpc._core import MessageCore, SegmentSlice, ffi
 from asapo_hpc.errors import AsapoCorruptSegmentError
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ FINISH_NAME = "asapo_finish_stream"
 NO_NEXT_STREAM = "asapo_no_next"
 
 
-class Message:
+class Message(MessageCore):
     """One delivered message.
 
     ``data`` is a numpy uint8 view straight into the shared segment, ``buffer`` a read-only
@@ -36,10 +36,12 @@ class Message:
     ``data, meta = consumer.get_next(...)``.
     """
 
-    # One instance attribute is set when a message is made (object.__new__ + _fields:
-    # ~100 ns); _meta and _tail are filled on first use. The consumer and group are class
-    # attributes of the per-group subclass made by message_class().
-    __slots__ = ("_fields", "_meta", "_tail")
+    # The descriptor lives in the C base (MessageCore): the fast path fills it without
+    # making a Python object per field; ``_fields`` (the 14-tuple the properties below
+    # read) is made from it on first use, and setting it fills the descriptor. _meta and
+    # _tail are filled on first use. The consumer and group are class attributes of the
+    # per-group subclass made by message_class().
+    __slots__ = ("_meta", "_tail")
     _consumer: Consumer
     _group: int
 
@@ -170,8 +172,7 @@ def message_class(consumer: Consumer, group: int) -> type[Message]:
     ``data`` and ``buffer`` slice the consumer's views of the segment in C."""
     return type("Message", (Message,), {
         "__slots__": (), "_consumer": consumer, "_group": group,
-        "data": SegmentSlice(consumer._view, Message), "buffer":
-        SegmentSlice(consumer._buffer, Message)})
+        "data": SegmentSlice(consumer._view), "buffer": SegmentSlice(consumer._buffer)})
 
 
 class OwnedMessage(Message):
@@ -254,12 +255,12 @@ class MessageBatch(Sequence):
             i += n
         if not 0 <= i < n:
             raise IndexError("batch index out of range")
-        msg = object.__new__(self._consumer._msg_class[self._group])
+        msg = Message.__new__(self._consumer._msg_class[self._group])
         msg._fields = MSG_FIELDS.unpack_from(ffi.buffer(self._buf, n * MSG_SIZE), i * MSG_SIZE)
         return msg
 
     def __iter__(self):
-        new = object.__new__
+        new = Message.__new__
         cls = self._consumer._msg_class[self._group]
         for fields in MSG_FIELDS.iter_unpack(ffi.buffer(self._buf, self._n * MSG_SIZE)):
             msg = new(cls)

@@ -13,7 +13,7 @@ import weakref
 import numpy as np
 import pytest
 
-from asapo_hpc._core import Acknowledge, GetNext, Send
+from asapo_hpc._core import Acknowledge, GetNext, MessageCore, SegmentSlice, Send
 from asapo_hpc.client import Consumer, Producer
 from asapo_hpc.config import RingConfig
 from asapo_hpc.errors import (
@@ -180,3 +180,36 @@ def test_callables_made_without_init_raise():
     for cls in (Send, GetNext, Acknowledge):
         with pytest.raises(TypeError, match="before __init__"):
             cls.__new__(cls)("g", 1)
+
+
+def test_message_fields_are_made_from_the_descriptor_on_demand(shm_prefix):
+    with Producer("bt", "src", config=CFG) as producer, \
+            Consumer("bt", "src", timeout_ms=200, prefetch=4) as consumer:
+        producer.send(7, b"abc", {"k": 1}, dataset=(2, 3), name="f7")
+        msg = consumer.get_next("g")
+        fields = msg._fields  # made from the C descriptor now, then kept
+        assert (fields[1], fields[3], fields[10], fields[11], fields[12]) == (7, 3, 2, 3, 1)
+        assert msg._fields is fields and len(fields) == 14
+        assert (bytes(msg.data), msg.meta, msg.name, msg.dataset) == (b"abc", {"k": 1}, "f7",
+                                                                      (2, 3))
+        copy = msg.copy()
+        assert copy._fields == fields and bytes(copy.data) == b"abc"
+        consumer.acknowledge("g", msg)
+        assert consumer.group_stats("g")["acked"] == 1
+
+
+def test_message_core_checks_what_it_is_given():
+    core = MessageCore()
+    core._fields = range(14)
+    assert core._fields == tuple(range(14))
+    with pytest.raises(ValueError, match="14 fields"):
+        core._fields = (1, 2)
+    with pytest.raises(OverflowError):
+        core._fields = (0,) * 6 + (2**32,) + (0,) * 7
+    with pytest.raises(OverflowError):
+        core._fields = (-1,) + (0,) * 13
+    with pytest.raises(AttributeError, match="cannot be deleted"):
+        del core._fields
+    assert core._fields == tuple(range(14))  # a failed set leaves it as it was
+    with pytest.raises(TypeError, match="MessageCore instances only"):
+        SegmentSlice(b"abc").__get__(object(), object)
