@@ -9,11 +9,5 @@ from asapo_hpc._core._fastpath import Acknowledge, GetNext, MessageCore, Segment
 from asapo_hpc._core._ring import ffi, lib
 from asapo_hpc._core.segment import Segment, check
 
-
-def address(cdata) -> int:
-    """A cffi pointer as an integer, for the fast path's constructors."""
-    return int(ffi.cast("uintptr_t", cdata))
-
-
-__all__ = ["ffi", "lib", "Segment", "check", "address", "Send", "GetNext", "Acknowledge",
+__all__ = ["ffi", "lib", "Segment", "check", "Send", "GetNext", "Acknowledge",
            "SegmentSlice", "MessageCore"]

@@ -13,6 +13,10 @@
  * Producer / Consumer install them per instance (`self.send = Send(...)`). Closing the
  * producer or consumer sets ctx->ring to NULL; the callables then hand every call to the
  * Python method, which raises.
+ *
+ * Also here: MessageCore, the base of Message (the descriptor as a C struct, its Python
+ * tuple made on first use), and SegmentSlice, the descriptor behind Message.data and
+ * Message.buffer.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,10 +35,25 @@ static PyObject *str_group, *str_no_message, *str_finish, *str_flush_acks, *str_
 
 /* -- helpers ------------------------------------------------------------------------- */
 
-static struct ahrpy_ctx *ctx_of(PyObject *address)
+/* The struct ahrpy_ctx behind `ctx`, a buffer of exactly its size (ffi.buffer of the
+ * producer's or consumer's context, which keeps the cffi object, and so the memory,
+ * alive as long as the callable holds it). NULL with TypeError for anything else. */
+static struct ahrpy_ctx *ctx_of(PyObject *ctx)
 {
-    uintptr_t p = (uintptr_t)PyLong_AsUnsignedLongLong(address);
-    return PyErr_Occurred() ? NULL : (struct ahrpy_ctx *)p;
+    Py_buffer view;
+    Py_ssize_t len = -1;
+    void *p = NULL;
+    if (PyObject_GetBuffer(ctx, &view, PyBUF_SIMPLE | PyBUF_WRITABLE) == 0) {
+        p = view.buf;
+        len = view.len;
+        PyBuffer_Release(&view);
+    }
+    PyErr_Clear();
+    if (len != (Py_ssize_t)sizeof(struct ahrpy_ctx)) {
+        PyErr_SetString(PyExc_TypeError, "ctx must be ffi.buffer(<struct ahrpy_ctx *>)");
+        return NULL;
+    }
+    return (struct ahrpy_ctx *)p;
 }
 
 /* The Python method this call falls back to, called with the same arguments. */
@@ -75,7 +94,7 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     struct ahrpy_ctx *ctx;
-    PyObject *ctx_owner;      /* the cffi object owning *ctx */
+    PyObject *ctx_owner;      /* the buffer of *ctx, which keeps it alive */
     PyObject *stream_index;   /* dict: stream name -> index (the producer's cache) */
     PyObject *default_stream; /* str */
     PyObject *raise_send;     /* Producer._raise_send(rc, id, nbytes, stream) */
@@ -147,15 +166,15 @@ static PyObject *Send_call(PyObject *self_, PyObject *const *args, size_t nargsf
 static int Send_init(PyObject *self_, PyObject *args, PyObject *kwds)
 {
     Send *self = (Send *)self_;
-    PyObject *ctx_owner, *address, *stream_index, *default_stream, *raise_send, *slow;
+    PyObject *ctx_owner, *stream_index, *default_stream, *raise_send, *slow;
     unsigned long long parallel_min;
-    static char *kwlist[] = {"ctx", "address", "stream_index", "default_stream", "raise_send",
-                             "slow", "parallel_min", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!UOOK", kwlist, &ctx_owner, &address,
+    static char *kwlist[] = {"ctx", "stream_index", "default_stream", "raise_send", "slow",
+                             "parallel_min", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!UOOK", kwlist, &ctx_owner,
                                      &PyDict_Type, &stream_index, &default_stream, &raise_send,
                                      &slow, &parallel_min))
         return -1;
-    struct ahrpy_ctx *ctx = ctx_of(address);
+    struct ahrpy_ctx *ctx = ctx_of(ctx_owner);
     if (!ctx)
         return -1;
     Py_XSETREF(self->ctx_owner, Py_NewRef(ctx_owner));
@@ -351,22 +370,22 @@ static PyObject *call_owner(Member *self, PyObject *name, PyObject *const *args,
 static int Member_init(PyObject *self_, PyObject *args, PyObject *kwds)
 {
     Member *self = (Member *)self_;
-    PyObject *ctx_owner, *address, *all_streams, *held_markers, *pending_finish, *queued,
+    PyObject *ctx_owner, *all_streams, *held_markers, *pending_finish, *queued,
         *acks, *held, *held_batch, *msg_class, *message_type, *owner, *slow;
     unsigned int prefetch, disk_group;
     int auto_ack;
-    static char *kwlist[] = {"ctx", "address", "all_streams", "held_markers",
+    static char *kwlist[] = {"ctx", "all_streams", "held_markers",
                              "pending_finish", "queued", "acks", "held", "held_batch",
                              "msg_class", "message_type", "owner", "slow",
                              "prefetch", "disk_group", "auto_ack", NULL};
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "OOO!O!O!O!O!O!O!O!O!OOIIp", kwlist, &ctx_owner, &address,
+            args, kwds, "OO!O!O!O!O!O!O!O!O!OOIIp", kwlist, &ctx_owner,
             &PyDict_Type, &all_streams, &PyDict_Type, &held_markers, &PyDict_Type,
             &pending_finish, &PyDict_Type, &queued, &PyDict_Type, &acks, &PyDict_Type, &held,
             &PyDict_Type, &held_batch, &PyDict_Type, &msg_class, &PyType_Type, &message_type,
             &owner, &slow, &prefetch, &disk_group, &auto_ack))
         return -1;
-    struct ahrpy_ctx *ctx = ctx_of(address);
+    struct ahrpy_ctx *ctx = ctx_of(ctx_owner);
     if (!ctx)
         return -1;
     if (!PyType_IsSubtype((PyTypeObject *)message_type, &MessageCoreType)) {

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from asapo_hpc._core import Acknowledge, GetNext, Segment, address, check, ffi, lib
+from asapo_hpc._core import Acknowledge, GetNext, Segment, check, ffi, lib
 from asapo_hpc.client import disk
 from asapo_hpc.client._common import CallContext, StreamTable, open_segment
 from asapo_hpc.client.disk_groups import DISK_GROUP, DiskGroups
@@ -135,7 +135,7 @@ class Consumer(CallContext, ConsumerStreams):
         to Python (a new group, finish markers, disk groups, errors), runs the methods here
         (the C side calls _no_message, _finish, _acks_sent, _raise_ack, _warn_auto_ack)."""
         cls = type(self)
-        state = dict(ctx=self._ctx, address=address(self._ctx), all_streams=self._all_streams,
+        state = dict(ctx=ffi.buffer(self._ctx), all_streams=self._all_streams,
                      held_markers=self._held_markers, pending_finish=self._pending_finish,
                      queued=self._queued, acks=self._acks, held=self._held,
                      held_batch=self._held_batch, msg_class=self._msg_class,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from asapo_hpc._core import Segment, Send, address, check, ffi, lib
+from asapo_hpc._core import Segment, Send, check, ffi, lib
 from asapo_hpc.client._common import (
     DEFAULT_STREAM,
     CallContext,
@@ -178,8 +178,8 @@ class Producer(CallContext, ProducerStreams):
         self.data_root = data_root  # the node's data folder, for stream and beamtime metadata
         if type(self).send is Producer.send:  # send(id, data) runs in C; any other call
             # (keywords, metadata, a new stream, a large message) runs the method below
-            self.send = Send(self._ctx, address(self._ctx), self._stream_index,
-                             DEFAULT_STREAM, self._raise_send, Producer.send.__get__(self),
+            self.send = Send(ffi.buffer(self._ctx), self._stream_index, DEFAULT_STREAM,
+                             self._raise_send, Producer.send.__get__(self),
                              self._parallel_min)
 
     @property

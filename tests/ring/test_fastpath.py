@@ -213,3 +213,11 @@ def test_message_core_checks_what_it_is_given():
     assert core._fields == tuple(range(14))  # a failed set leaves it as it was
     with pytest.raises(TypeError, match="MessageCore instances only"):
         SegmentSlice(b"abc").__get__(object(), object)
+
+
+def test_callables_take_a_context_buffer_only():
+    for bad in (b"", bytearray(3), 12345):
+        with pytest.raises(TypeError):
+            GetNext(ctx=bad, all_streams={}, held_markers={}, pending_finish={}, queued={},
+                    acks={}, held={}, held_batch={}, msg_class={}, message_type=MessageCore,
+                    owner=None, slow=print, prefetch=1, disk_group=0, auto_ack=False)
