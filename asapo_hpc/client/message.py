@@ -145,6 +145,11 @@ class Message(MessageCore):
         arr = self.data.view(dtype)
         return arr.reshape(shape) if shape is not None else arr
 
+    def __reduce__(self):
+        # copy.copy / pickle would not see the descriptor (it lives in MessageCore's struct)
+        raise TypeError(f"{type(self).__name__} is not copied by copy or pickle: msg.copy() "
+                        "gives a message owning its bytes")
+
     def copy(self) -> Message:
         """A detached message owning a copy of data and metadata."""
         return OwnedMessage(self._fields, self._consumer, self._group, self.data.copy(),

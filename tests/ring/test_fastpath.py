@@ -221,3 +221,17 @@ def test_callables_take_a_context_buffer_only():
             GetNext(ctx=bad, all_streams={}, held_markers={}, pending_finish={}, queued={},
                     acks={}, held={}, held_batch={}, msg_class={}, message_type=MessageCore,
                     owner=None, slow=print, prefetch=1, disk_group=0, auto_ack=False)
+
+
+def test_copy_module_and_pickle_point_to_msg_copy(shm_prefix):
+    import copy
+    import pickle
+
+    with Producer("bt", "src", config=CFG) as producer, \
+            Consumer("bt", "src", timeout_ms=200) as consumer:
+        producer.send(1, b"abc")
+        msg = consumer.get_next("g")
+        for attempt in (copy.copy, copy.deepcopy, pickle.dumps):
+            with pytest.raises(TypeError, match=r"msg.copy\(\)"):
+                attempt(msg)
+        assert bytes(msg.copy().data) == b"abc"
