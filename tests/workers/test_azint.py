@@ -502,6 +502,26 @@ def test_packed_pass_is_exact_at_its_pixel_limit():
         assert (sig[1], var[1]) == (0, 0)
 
 
+@pytest.mark.parametrize("per_bin", [kernels.PACK32_MAX_BIN_PIXELS,
+                                     kernels.PACK32_MAX_BIN_PIXELS + 1])
+def test_packed_pass_is_exact_at_the_narrow_packing_limit(per_bin):
+    """Bins at the 2^32 packing's limit (it is taken) and one pixel over (the 2^PACK_SHIFT
+    packing is): top counts, zeros, both mixed, and a masked bin (npt) over the limit."""
+    npt = 3
+    over = kernels.PACK32_MAX_BIN_PIXELS + 10  # the masked bin: never counted
+    bins = np.concatenate([np.repeat(np.arange(npt, dtype=np.uint16), per_bin),
+                           np.full(over, npt, np.uint16)])
+    rng = np.random.default_rng(5)
+    raw = np.where(rng.random(bins.size) < 0.5, 0, 65535).astype(np.uint16)
+    raw[bins == 0] = 65535
+    raw[bins == 1] = 0
+    exact = np.bincount(bins, raw.astype(np.float64), npt + 1)[:npt]
+    zeros = np.bincount(bins[raw == 0], minlength=npt + 1)[:npt]
+    sig, var = kernels.hist_packed_u16(raw, bins, npt, 2)
+    np.testing.assert_array_equal(sig, exact)
+    np.testing.assert_array_equal(var, exact + zeros)
+
+
 def test_packed_pass_items_of_any_length_are_exact():
     """Items cut anywhere (inside a prefetch block, a lane group, up to the last pixel)."""
     rng = np.random.default_rng(11)
