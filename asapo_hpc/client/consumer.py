@@ -118,7 +118,7 @@ class Consumer(CallContext, ConsumerStreams):
         # auto_ack: asking a group for more acknowledges what this member got from it last
         # (ASAPO's default needs no acks). Still at-least-once: a member that dies while
         # working on a message never asked for the next, so the message is redelivered.
-        self.auto_ack = bool(auto_ack)
+        self._auto_ack = bool(auto_ack)
         self._held: dict[int, int] = {}  # group handle -> seq of the last get_next message
         self._held_batch: dict[int, MessageBatch] = {}  # group handle -> last batch
         self._resend: tuple[int, int] | None = None
@@ -146,6 +146,17 @@ class Consumer(CallContext, ConsumerStreams):
         if cls.acknowledge is Consumer.acknowledge:
             self.acknowledge = Acknowledge(slow=Consumer.acknowledge.__get__(self), **state)
 
+    @property
+    def prefetch(self) -> int:
+        """Messages claimed per C call by get_next (1: off); fixed at construction."""
+        return self._prefetch
+
+    @property
+    def auto_ack(self) -> bool:
+        """Whether asking a group for more acknowledges what came before; fixed at
+        construction (the C fast path and the Python methods read it then)."""
+        return self._auto_ack
+
     def _init_prefetch(self, prefetch: int) -> None:
         # prefetch > 1: get_next claims up to `prefetch` messages in one C call and hands
         # them out one by one; acknowledgements are sent together (see _defer_ack).
@@ -153,7 +164,7 @@ class Consumer(CallContext, ConsumerStreams):
             raise AsapoWrongInputError(
                 f"prefetch must be an int from 1 (off) to batch_capacity "
                 f"({self._batch_capacity}), not {prefetch!r}")
-        self.prefetch = prefetch
+        self._prefetch = prefetch
         self._queued: dict[int, list[Message]] = {}  # group handle -> messages claimed,
         # not yet handed out (newest first)
         self._acks: dict[int, list[int]] = {}  # group handle -> acknowledged, not yet sent

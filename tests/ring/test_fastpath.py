@@ -235,3 +235,12 @@ def test_copy_module_and_pickle_point_to_msg_copy(shm_prefix):
             with pytest.raises(TypeError, match=r"msg.copy\(\)"):
                 attempt(msg)
         assert bytes(msg.copy().data) == b"abc"
+
+
+def test_prefetch_and_auto_ack_are_fixed_at_construction(shm_prefix):
+    with Producer("bt", "src", config=CFG), \
+            Consumer("bt", "src", prefetch=4, auto_ack=True) as consumer:
+        assert (consumer.prefetch, consumer.auto_ack) == (4, True)
+        for name, value in (("prefetch", 1), ("auto_ack", False)):
+            with pytest.raises(AttributeError):
+                setattr(consumer, name, value)
