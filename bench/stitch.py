@@ -1,9 +1,10 @@
 """Stitching a full Lambda 9M frame vs memcpy of the same bytes, in one run.
 
 Every round times the memcpy peers and each stitching case once, so slow phases of a shared
-machine hit all of them alike; the table shows medians. Peers: ``np.copyto`` of the frame's
-raw bytes (one thread) and a Numba parallel copy of the same bytes in one contiguous block
-per thread (as many threads as the stitch case). Columns:
+machine hit all of them alike; the table shows medians. Before every timed call a 64 MB
+buffer is written, so every call, peer or case, reads its input from memory. Peers:
+``np.copyto`` of the frame's raw bytes (one thread) and a Numba parallel copy of the same
+bytes in one contiguous block per thread (as many threads as the stitch case). Columns:
 
 * ``vs memcpy`` = memcpy time / stitch time, memcpy on the same thread count as the stitch
   case (1.0 = memcpy bandwidth for the same input bytes);
@@ -76,7 +77,16 @@ def parallel_copy(src, dst, nthreads):  # pragma: no cover - compiled
             dst[i] = src[i]
 
 
-def timed(fn: Callable[[], object]) -> float:
+# Twice this VM's 32 MB L3: written before every timed call, so each call (memcpy peers and
+# stitch cases alike) starts with its input and output out of the cache. Without it a call
+# found the frame warm or cold depending on which case ran before it (a u16 case after the
+# u32 memcpy: cold; after another u16 case: warm), which moved single rows by 0.1-0.3 ms.
+EVICT_BYTES = 64 << 20
+
+
+def timed(fn: Callable[[], object], evict: np.ndarray | None = None) -> float:
+    if evict is not None:
+        evict += 1  # read and write every line of it
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -138,9 +148,10 @@ def run(rounds: int, threads: list[int]) -> dict:
     for fn in work.values():  # compile and touch every buffer once
         fn()
     times: dict[str, list[float]] = {k: [] for k in work}
+    evict = np.zeros(EVICT_BYTES // 8, np.uint64)
     for _ in range(rounds):
         for key, fn in work.items():
-            times[key].append(timed(fn))
+            times[key].append(timed(fn, evict))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     return summarise(times, moved, {dt: f.nbytes for dt, f in frames.items()}, layout)
 
