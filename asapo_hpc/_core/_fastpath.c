@@ -367,6 +367,18 @@ static PyObject *call_owner(Member *self, PyObject *name, PyObject *const *args,
     return PyObject_VectorcallMethod(name, with_self, n + 1, NULL);
 }
 
+/* A C call failed with negative errno `rc`: owner.<name>(rc, a1, a2) turns it into the
+ * Python exception (Consumer._no_message, Consumer._raise_ack), which stays set. */
+static void raise_from_owner(Member *self, PyObject *name, int rc, PyObject *a1, PyObject *a2)
+{
+    PyObject *a[3] = {PyLong_FromLong(rc), a1, a2};
+    PyObject *r = a[0] ? call_owner(self, name, a, 3) : NULL;
+    Py_XDECREF(a[0]);
+    Py_XDECREF(r);
+    if (!PyErr_Occurred()) /* those methods always raise; be safe */
+        PyErr_SetString(PyExc_RuntimeError, "ring call failed");
+}
+
 static int Member_init(PyObject *self_, PyObject *args, PyObject *kwds)
 {
     Member *self = (Member *)self_;
@@ -551,10 +563,7 @@ static int refill(Member *self, PyObject *handle, PyObject *group_id)
     got = ahr_get_next_batch(at.ring, group, at.member, n, at.timeout_ns, batch);
     Py_END_ALLOW_THREADS
     if (got < 0) {
-        PyObject *a[3] = {PyLong_FromLong(got), group_id, Py_None};
-        PyObject *r = a[0] ? call_owner(self, str_no_message, a, 3) : NULL; /* raises */
-        Py_XDECREF(a[0]);
-        Py_XDECREF(r);
+        raise_from_owner(self, str_no_message, got, group_id, Py_None);
         return -1;
     }
     PyObject *queue = PyList_New(got); /* newest first: the oldest is popped from the end */
@@ -604,10 +613,7 @@ static PyObject *GetNext_one(Member *self, PyObject *handle, PyObject *group_id)
     struct ahr_msg m;
     int rc = claim_one(self, (uint32_t)PyLong_AsUnsignedLong(handle), prev, &m);
     if (rc < 0) {
-        PyObject *a[3] = {PyLong_FromLong(rc), group_id, Py_None};
-        PyObject *r = a[0] ? call_owner(self, str_no_message, a, 3) : NULL; /* raises */
-        Py_XDECREF(a[0]);
-        Py_XDECREF(r);
+        raise_from_owner(self, str_no_message, rc, group_id, Py_None);
         goto fail;
     }
     if (rc == 1) { /* the message came; the previous one's lease had expired */
@@ -717,10 +723,7 @@ static PyObject *Acknowledge_call(PyObject *self_, PyObject *const *args, size_t
     }
     int rc = ahr_ack(self->ctx->ring, (uint32_t)group, self->ctx->member, s);
     if (rc) {
-        PyObject *a[3] = {PyLong_FromLong(rc), seq, msg};
-        PyObject *r = a[0] ? call_owner(self, str_raise_ack, a, 3) : NULL; /* raises */
-        Py_XDECREF(a[0]);
-        Py_XDECREF(r);
+        raise_from_owner(self, str_raise_ack, rc, seq, msg);
         goto done;
     }
     result = Py_NewRef(Py_None);
