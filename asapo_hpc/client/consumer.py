@@ -170,7 +170,6 @@ class Consumer(CallContext, ConsumerStreams):
         self._acks: dict[int, list[int]] = {}  # group handle -> acknowledged, not yet sent
         if prefetch > 1:
             self._prefetch_buf = ffi.new("struct ahr_msg[]", prefetch)
-            self._prefetch_bytes = memoryview(ffi.buffer(self._prefetch_buf))
             self._ack_seqs = ffi.new("uint64_t[]", prefetch)
             self._ack_bytes = memoryview(ffi.buffer(self._ack_seqs))
 
@@ -282,12 +281,7 @@ class Consumer(CallContext, ConsumerStreams):
                                      self._prefetch_buf)
         if got < 0:
             self._no_message(got, group_id, stream)
-        cls = self._msg_class[handle]
-        queue = []
-        for fields in MSG_FIELDS.iter_unpack(self._prefetch_bytes[:got * MSG_SIZE]):
-            msg = _new(cls)
-            msg._fields = fields
-            queue.append(msg)
+        queue = list(MessageBatch(self, handle, self._prefetch_buf, got))
         queue.reverse()
         self._queued[handle] = queue
         return queue
