@@ -626,6 +626,28 @@ def test_thread_chooser_follows_the_faster_count(monkeypatch):
     assert numba.get_num_threads() == before
 
 
+def test_thread_chooser_undoes_a_choice_made_while_disturbed(monkeypatch):
+    from asapo_hpc.workers.azint import threads
+
+    chooser = threads.ThreadChooser(explore_every=16, window=5, first_samples=3)
+    monkeypatch.setattr(chooser, "options", lambda: [1, 2])
+    used = []
+    for call in range(80):
+        n = chooser.pick()
+        used.append(n)
+        disturbed = call < 8  # the warm-up: 2 threads slowed by another process
+        chooser.record(n, (5.0 if disturbed else 1.0) if n == 2 else 3.0)
+    assert used[:8] == [1, 2] * 4  # every sample of 2 threads was a slow one: 1 is chosen
+    first_retry = used.index(2, 8)
+    assert first_retry <= 8 + 16  # retried within one exploration period
+    # the retry beat 1 thread's median: repeated until 2 threads' median wins, then kept
+    assert used[first_retry:first_retry + 3] == [2, 2, 2]
+    later = used[first_retry + 3:]
+    assert later.count(1) <= len(later) // 16 + 1  # 1 thread only retried, once a period
+    # a retry that loses is not repeated
+    assert all(a != 1 or b != 1 for a, b in zip(later, later[1:], strict=False))
+
+
 def _gap_mask(shape):
     """Lambda-like gaps: masked row bands and column bands (long runs of the flat index)."""
     mask = np.zeros(shape, bool)
