@@ -184,6 +184,25 @@ def test_no_split_matches_pyfai(pair, frame, unit):
     assert ours.engine.endswith("no_histogram_numba") and ours.count.sum() == frame.size
 
 
+@pytest.mark.parametrize("npt, pairs", [(60, True), (3000, False)])
+def test_no_split_pair_pass_or_one_pixel_pass_both_match_pyfai(frame, npt, pairs):
+    """Bins wider than pixels: the pair pass runs; bins narrower than pixels (most pairs
+    listed): the one-pixel pass. Both equal pyFAI and the one-pixel pass bit for bit."""
+    ai, pai = make_pair(GEOMETRIES["off-centre"])
+    ours = ai.integrate1d(frame, npt, unit="2th_deg", method="no")
+    corr = ai._corrections[("no", "histogram")][1]
+    tables = corr.pair_tables(0, frame.size)
+    assert (tables is not None) == pairs
+    theirs = pai.integrate1d(frame, npt, unit="2th_deg", method=PYFAI_METHOD["no"],
+                             error_model="poisson")
+    assert_close_to_pyfai(ours, theirs)
+    sig, var = kernels.hist_packed_u16(frame.ravel(), corr.bins, npt, 2)
+    np.testing.assert_array_equal(ours.sum_signal, sig)
+    np.testing.assert_array_equal(ours.sum_variance, var)
+    if pairs:  # the few listed pixels: mask edges, pairs across the beam centre
+        assert tables[2].size < 0.05 * frame.size
+
+
 @pytest.mark.parametrize("method", ["bbox", "full"])
 @pytest.mark.parametrize("unit", UNITS[:3])
 def test_split_methods_match_pyfai(pair, frame, unit, method):
@@ -517,9 +536,78 @@ def test_packed_pass_is_exact_at_the_narrow_packing_limit(per_bin):
     raw[bins == 1] = 0
     exact = np.bincount(bins, raw.astype(np.float64), npt + 1)[:npt]
     zeros = np.bincount(bins[raw == 0], minlength=npt + 1)[:npt]
-    sig, var = kernels.hist_packed_u16(raw, bins, npt, 2)
-    np.testing.assert_array_equal(sig, exact)
-    np.testing.assert_array_equal(var, exact + zeros)
+    items = kernels.chunk_items(bins.size)
+    counts = kernels.item_counts(bins, items, npt)
+    for sig, var in (kernels.hist_packed_u16(raw, bins, npt, 2),
+                     _pair_pass(raw, bins, items, npt, counts, 2)):
+        np.testing.assert_array_equal(sig, exact)
+        np.testing.assert_array_equal(var, exact + zeros)
+
+
+def _pair_pass(raw, bins, items, npt, counts, nthreads):
+    pidx, off, list_pix, list_bin, _ = kernels.pair_table(bins, items, npt)
+    return kernels.hist_pairs_u16_items(raw, items, pidx, off, list_pix, list_bin, npt,
+                                        counts, nthreads)
+
+
+def _walk_bins(rng, n, npt):
+    """Bins as an image row gives them: steps of -1, 0, +1, now and then a jump or a
+    masked stretch (npt), clipped to 0 .. npt - 1."""
+    steps = rng.choice([-1, 0, 0, 1], n)
+    jumps = rng.random(n) < 0.01
+    steps[jumps] = rng.integers(2, 30, int(jumps.sum())) * rng.choice([-1, 1], int(jumps.sum()))
+    bins = np.clip(np.cumsum(steps) % (2 * npt) - npt // 2, 0, npt - 1)
+    for start in rng.integers(0, n, 6):
+        bins[start:start + rng.integers(1, 80)] = npt
+    return bins.astype(np.uint16)
+
+
+def _cut_items(rng, raw, bins, npt, cuts, extra):
+    """Items between the given cuts and ``extra`` random ones, which pixels they take, and
+    the exact Σraw and zero count per bin of those pixels."""
+    cuts = np.unique(np.concatenate((cuts, rng.integers(0, raw.size, extra))))
+    items = np.stack([cuts[:-1:2], cuts[1::2]], axis=1).astype(np.int64)
+    take = np.zeros(raw.size, bool)
+    for start, stop in items:
+        take[start:stop] = True
+    exact = np.bincount(bins[take], raw[take].astype(np.float64), npt + 1)[:npt]
+    zeros = np.bincount(bins[take & (raw == 0)], minlength=npt + 1)[:npt]
+    return items, take, exact, zeros
+
+
+def test_pair_pass_equals_the_exact_sums_for_items_cut_anywhere():
+    """The pair pass: pairs of bins b, b + {0, 1, -1} through entries, the rest (jumps,
+    a masked and a valid pixel, an odd item's last pixel) listed; items starting and
+    ending at odd pixels, inside a prefetch block and at the last pixel."""
+    rng = np.random.default_rng(12)
+    n, npt = 20000, 60
+    raw = rng.integers(0, 400, n).astype(np.uint16)
+    raw[rng.random(n) < 0.2] = 0
+    raw[::97] = 65535
+    bins = _walk_bins(rng, n, npt)
+    items, _, exact, zeros = _cut_items(rng, raw, bins, npt, [0, 1, 31, 33, 100, 1090, 1091,
+                                                              4967, 19999, n], 30)
+    counts = kernels.item_counts(bins, items, npt)
+    pidx, off, list_pix, list_bin, listed = kernels.pair_table(bins, items, npt)
+    assert listed > 0 and list_pix.size > 0  # jumps and mask edges were listed
+    # every entry names its pair's bins; listed pixels are exactly those of other pairs
+    first = np.concatenate([np.arange(i0, i0 + 2 * (off[c + 1] - off[c]), 2)
+                            for c, (i0, _) in enumerate(items)])
+    b0, b1 = bins[first].astype(int), bins[first + 1].astype(int)
+    kind = pidx % kernels.PAIR_TYPES
+    paired = pidx // kernels.PAIR_TYPES < npt
+    np.testing.assert_array_equal(pidx[paired] // kernels.PAIR_TYPES, b0[paired])
+    np.testing.assert_array_equal((b1 - b0)[paired], np.array([0, 1, -1])[kind[paired]])
+    odd_last = [stop - 1 for start, stop in items if (stop - start) % 2]
+    want = np.sort(np.concatenate([first[~paired], first[~paired] + 1, odd_last]))
+    want = want[bins[want] != npt]
+    np.testing.assert_array_equal(np.sort(list_pix), want)
+    np.testing.assert_array_equal(list_bin, bins[list_pix])
+    for nthreads in (1, 2, 3):
+        with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
+            sig, var = _pair_pass(raw, bins, items, npt, counts, nthreads)
+        np.testing.assert_array_equal(sig, exact)
+        np.testing.assert_array_equal(var, exact + zeros)
 
 
 def test_packed_pass_items_of_any_length_are_exact():
@@ -529,14 +617,8 @@ def test_packed_pass_items_of_any_length_are_exact():
     raw = rng.integers(0, 300, n).astype(np.uint16)
     raw[rng.random(n) < 0.2] = 0
     bins = rng.integers(0, npt + 1, n).astype(np.uint16)
-    cuts = np.unique(np.concatenate(([0, 1, 31, 33, 100, 1090, 1091, 4967, n],
-                                     rng.integers(0, n, 20))))
-    items = np.stack([cuts[:-1:2], cuts[1::2]], axis=1).astype(np.int64)
-    take = np.zeros(n, bool)
-    for start, stop in items:
-        take[start:stop] = True
-    exact = np.bincount(bins[take], raw[take].astype(np.float64), npt + 1)[:npt]
-    zeros = np.bincount(bins[take & (raw == 0)], minlength=npt + 1)[:npt]
+    items, take, exact, zeros = _cut_items(rng, raw, bins, npt,
+                                           [0, 1, 31, 33, 100, 1090, 1091, 4967, n], 20)
     counts = kernels.item_counts(bins, items, npt)
     np.testing.assert_array_equal(counts, np.bincount(bins[take], minlength=npt + 1))
     for nthreads in (1, 2):

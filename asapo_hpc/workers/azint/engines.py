@@ -34,6 +34,11 @@ RUN_MIN_GAP = 64
 #: The no-split passes skip masked runs only if that cuts the pixels read by this fraction.
 RUN_MIN_SAVING = 0.10
 
+#: The no-split uint16 pass reads pixel pairs (:func:`kernels.hist_pairs_u16_items`) unless
+#: more than this fraction of the pairs must be listed (bins narrower than pixels: the
+#: one-pixel pass is then faster), or the entries overflow uint16 (npt > 21 844).
+PAIRS_MAX_LISTED = 0.05
+
 #: Short method name -> (split, algorithm) key of the engine registry.
 METHODS: dict[str, tuple[str, str]] = {
     "no": ("no", "histogram"),
@@ -241,6 +246,7 @@ class Corrections:
         self._table_parts: dict[tuple[int, int], tuple] = {}
         self._items: dict[tuple[int, int], np.ndarray] = {}
         self._counts: dict[tuple[int, int], np.ndarray] = {}
+        self._pairs: dict[tuple[int, int], tuple | None] = {}
 
     def work_items(self, start: int, stop: int) -> np.ndarray:
         """(start, stop) work items of the no-split passes over pixels ``start .. stop``
@@ -266,6 +272,21 @@ class Corrections:
                                          self.npt)
             self._counts[(start, stop)] = counts
         return counts
+
+    def pair_tables(self, start: int, stop: int) -> tuple | None:
+        """Tables of the pair pass over ``work_items(start, stop)`` (pidx, off, listed
+        pixels, their bins; see :func:`kernels.pair_table`), or None where the one-pixel
+        pass is the faster (:data:`PAIRS_MAX_LISTED`); cached."""
+        key = (start, stop)
+        if key not in self._pairs:
+            tables = None
+            if kernels.PAIR_TYPES * (self.npt + 1) <= np.iinfo(np.uint16).max:
+                *tables, listed = kernels.pair_table(self.bins[start:stop],
+                                                    self.work_items(start, stop), self.npt)
+                if listed > PAIRS_MAX_LISTED * max(1, tables[0].size):
+                    tables = None
+            self._pairs[key] = None if tables is None else tuple(tables)
+        return self._pairs[key]
 
     def table_part(self, start: int, stop: int) -> tuple:
         """The pixel table of pixels ``start .. stop`` (a module part), indexed from 0.

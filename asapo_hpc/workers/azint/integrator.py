@@ -353,9 +353,15 @@ class AzimuthalIntegrator:
             step = kernels.PACK_MAX_PIXELS
             for i in range(start, stop, step):  # one call for runs up to 33 Mpixel
                 j = min(stop, i + step)
-                sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16_items,
-                                     raw[i - start:j - start], corr.bins[i:j],
-                                     corr.work_items(i, j), engine.npt, corr.item_counts(i, j))
+                part, items, counts = raw[i - start:j - start], corr.work_items(i, j), \
+                    corr.item_counts(i, j)
+                pairs = corr.pair_tables(i, j)
+                if pairs is None:
+                    sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16_items,
+                                         part, corr.bins[i:j], items, engine.npt, counts)
+                else:
+                    sig, var = self._run("hist_pairs_u16", kernels.hist_pairs_u16_items,
+                                         part, items, *pairs, engine.npt, counts)
                 out[0] += sig
                 out[1] += var
             return out
