@@ -39,13 +39,16 @@ together on 2 cores, gains ~10%.
 process left idle while the stitch and the simulator waited for ring room (+10-15% here),
 but the plain side's bottleneck is split N ways, so the ratio falls.
 
-Placement (both sides alike; ``--no-placement`` leaves it to the scheduler): the azint
-process(es) on the upper half of the CPUs, every other process (simulator, stitch, the node
-service / the plain side's collecting main process) on the lower half
-(``pipeline.placement.heaviest_apart``; the asapo side through the pipeline file's
-``cpus`` keys). On 2 cores the asapo side gains 8-13 %: unplaced, the light processes
-preempt the azint stage, which sets the rate; the plain side, bound by its numpy
-integration alone on a core, hardly changes.
+Placement (``--no-placement`` leaves it to the scheduler): on both sides the azint
+process(es) on the upper half of the CPUs, the simulator and the stitch process on the
+lower half (``pipeline.placement.heaviest_apart``; the asapo side through the pipeline
+file's ``cpus`` keys). The process recording the profiles goes where it costs least: the
+asapo node service beside azint (on 2 cores the halves then carry ~4.3 and ~4.6 ms of CPU
+per frame; with the node beside simulate + stitch, ~5.3 against ~4.0: 186.5 -> 203.8
+frames/s in back-to-back runs at 21:37-21:41), the plain side's main process beside simulate +
+stitch (~24 ms a frame; its azint process, ~51 ms, sets the rate). On 2 cores the asapo
+side gains 8-13 % from placement: unplaced, the light processes preempt the azint stage;
+the plain side, bound by its numpy integration alone on a core, hardly changes.
 
 Per run it prints each process's CPU per frame (``breakdown``; asapo: also the time each
 stage spent working and waiting for input / for room downstream, and the node service's
@@ -103,7 +106,8 @@ def run_asapo(frames: int, root: Path, from_modules: bool = False,
     azint = next(s for s in values["stages"] if s["name"] == "azint")
     azint["instances"] = azint_instances
     others, heavy = heaviest_apart() if split else ((), ())
-    values["node_cpus"] = values["simulate"]["cpus"] = others
+    values["simulate"]["cpus"] = others
+    values["node_cpus"] = heavy  # the recorder beside azint: the halves' CPU then balance
     for stage in values["stages"]:
         stage["cpus"] = heavy if stage is azint else others
     if from_modules:  # azint beside stitch on the raw ring; "stitched" has no reader
@@ -477,7 +481,8 @@ def main() -> None:
         "azint_from_modules": args.azint_from_modules,
         "azint_instances": args.azint_instances,
         "placement": "none" if args.no_placement else "azint on the upper half of the CPUs, "
-                     "the other processes on the lower half, both sides",
+                     "simulator and stitch on the lower half, both sides; the asapo node "
+                     "service beside azint, the plain main process on the lower half",
         "raw_recording": "excluded in both; profiles recorded to HDF5 in both",
         "fps": fps, "ratio": ratio, "target_ratio": 10.0,
         "runs": {k: [{"fps": x["fps"], "streaming_s": x["seconds"], "wall_s": x["wall"],
