@@ -1,0 +1,392 @@
+"""Geometry-only tables, built once per engine or set of corrections: the bin index, the
+CSR matrices of bbox and full splitting, fixed-point pair weights, the pixel table of the
+split passes and the pair table of the no-split pass, work items, static per-bin sums."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from asapo_hpc.workers.azint.kernels.constants import CHUNK, PAIR_TYPES, WEIGHT_ONE
+
+
+def n_chunks(size: int, limit: int = 1 << 22) -> int:
+    """Chunks for a statically scheduled setup pass: one per thread, at most ``limit``."""
+    return max(numba.get_num_threads(), -(-size // limit))
+
+
+@njit(parallel=True, cache=True)
+def bin_index(pos, valid, lo, hi, edges, npt, out):
+    """Bin of every position as numpy.histogram assigns it; ``npt`` if invalid or outside."""
+    for i in prange(pos.size):
+        p = pos[i]
+        if valid[i] and p < lo and (p - lo) / (hi - lo) * npt > -1.0:
+            out[i] = 0  # pyFAI's C histogram truncates toward zero: just below lo -> bin 0
+            continue
+        if not valid[i] or not (p >= lo and p <= hi):
+            out[i] = npt
+            continue
+        b = int((p - lo) / (hi - lo) * npt)  # numpy.histogram's exact float steps
+        if b == npt:
+            b -= 1
+        if p < edges[b]:
+            b -= 1
+        if p >= edges[b + 1] and b != npt - 1:
+            b += 1
+        out[i] = b
+    return out
+
+
+@njit(cache=True)
+def _csr_from_counts(counts, npt):
+    indptr = np.zeros(npt + 1, np.int32)
+    for b in range(npt):
+        indptr[b + 1] = indptr[b] + counts[b]
+    return indptr
+
+
+@njit(cache=True)
+def bbox_csr(center, delta, valid, lo, hi, npt):
+    """CSR (data, indices, indptr) of pyFAI's 1-D bounding-box split (see reference)."""
+    width = (hi - lo) / npt
+    counts = np.zeros(npt, np.int64)
+    for two_pass in range(2):
+        if two_pass == 1:
+            indptr = _csr_from_counts(counts, npt)
+            fill = indptr[:-1].copy()
+            data = np.empty(indptr[-1], np.float32)
+            indices = np.empty(indptr[-1], np.int32)
+        for i in range(center.size):
+            if not valid[i]:
+                continue
+            fmin = (center[i] - delta[i] - lo) / width
+            fmax = (center[i] + delta[i] - lo) / width
+            bmin = int(fmin)
+            bmax = int(fmax)
+            if bmax < 0 or bmin >= npt:
+                continue
+            bmin = max(bmin, 0)
+            bmax = min(bmax, npt - 1)
+            inv = 1.0 / (fmax - fmin) if bmax > bmin else 1.0
+            for b in range(bmin, bmax + 1):
+                if two_pass == 0:
+                    counts[b] += 1
+                    continue
+                if bmin == bmax:
+                    w = 1.0
+                elif bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
+                    w = np.float32(1.0) - np.float32(inv * (bmin + 1 - fmin))
+                elif b == bmin:
+                    w = inv * (bmin + 1 - fmin)
+                elif b == bmax:
+                    w = inv * (fmax - bmax)
+                else:
+                    w = inv
+                data[fill[b]] = w
+                indices[fill[b]] = i
+                fill[b] += 1
+    return data, indices, indptr
+
+
+@njit(cache=True)
+def _strip_areas(x, y, bmin, bmax, out):
+    out[:] = 0.0
+    k = x.size
+    for e in range(k):
+        x0, y0 = x[e], y[e]
+        x1, y1 = x[(e + 1) % k], y[(e + 1) % k]
+        if x0 == x1:
+            continue
+        slope = (y1 - y0) / (x1 - x0)
+        lo, hi = min(x0, x1), max(x0, x1)
+        sign = 1.0 if x1 > x0 else -1.0
+        for b in range(int(math.floor(lo)), int(math.floor(hi)) + 1):
+            a, c = max(lo, b), min(hi, b + 1.0)
+            if c <= a or b < bmin or b > bmax:
+                continue
+            out[b - bmin] += sign * 0.5 * (c - a) * (2 * y0 + slope * (a - x0 + c - x0))
+
+
+@njit(cache=True)
+def _unwrap(chi, out):
+    for k in range(chi.size):
+        d = chi[k] - chi[0]
+        out[k] = chi[k] - 2 * math.pi if d > math.pi else (
+            chi[k] + 2 * math.pi if d < -math.pi else chi[k])
+
+
+@njit(cache=True)
+def full_csr(corner_rad, corner_chi, valid, lo, hi, npt):
+    """CSR of pyFAI's 1-D full split: polygon area in (radial, chi) per radial bin."""
+    width = (hi - lo) / npt
+    counts = np.zeros(npt, np.int64)
+    x = np.empty(4)
+    y = np.empty(4)
+    buf = np.empty(npt + 2)
+    for two_pass in range(2):
+        if two_pass == 1:
+            indptr = _csr_from_counts(counts, npt)
+            fill = indptr[:-1].copy()
+            data = np.empty(indptr[-1], np.float32)
+            indices = np.empty(indptr[-1], np.int32)
+        for i in range(corner_rad.shape[0]):
+            if not valid[i]:
+                continue
+            for k in range(4):
+                x[k] = (corner_rad[i, k] - lo) / width
+            xmin, xmax = x.min(), x.max()
+            if xmax < 0 or xmin >= npt:
+                continue
+            bmin, bmax = int(math.floor(xmin)), int(math.floor(xmax))
+            if bmin == bmax:
+                if two_pass == 0:
+                    counts[bmin] += 1
+                else:
+                    data[fill[bmin]] = 1.0
+                    indices[fill[bmin]] = i
+                    fill[bmin] += 1
+                continue
+            bmin, bmax = max(0, bmin), min(npt - 1, bmax)
+            _unwrap(corner_chi[i], y)
+            areas = buf[: bmax - bmin + 1]
+            _strip_areas(x, y, bmin, bmax, areas)
+            total = areas.sum()
+            if total == 0.0:
+                continue
+            for b in range(bmin, bmax + 1):
+                if two_pass == 0:
+                    counts[b] += 1
+                else:
+                    w = areas[b - bmin] / total
+                    if bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
+                        w = np.float32(1.0) - np.float32(areas[0] / total)
+                    data[fill[b]] = w
+                    indices[fill[b]] = i
+                    fill[b] += 1
+    return data, indices, indptr
+
+
+@njit(cache=True)
+def quantize_pairs(data, indices, indptr, npix):
+    """Copy of a CSR matrix's data, two-bin pixels' weights in steps of 1/WEIGHT_ONE.
+
+    A pixel with entries (b, 1 - w), (b + 1, w) (summing to 1 in float32, as the builders
+    make them) gets (b, 1 - q), (b + 1, q) with q = round(w·WEIGHT_ONE) / WEIGHT_ONE: both
+    exact in float32, so every pass (float CSR gather, float or integer pixel-major pass)
+    sums with the very same matrix. Other pixels keep their weights. The change of a
+    weight is at most 2^-16, far below the differences to pyFAI's own splitting.
+    """
+    npt = indptr.size - 1
+    seen = np.zeros(npix, np.int8)  # entries met so far, capped at 3
+    first = np.empty(npix, np.int32)  # position in data of the pixel's first entry
+    second = np.empty(npix, np.int32)
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            if seen[j] == 0:
+                first[j] = k
+            elif seen[j] == 1:
+                second[j] = k
+            seen[j] = min(seen[j] + 1, 3)
+    out = data.copy()
+    rows = np.empty(data.size, np.int32)  # bin of every entry, to check the pair is b, b + 1
+    for b in range(npt):
+        rows[indptr[b]:indptr[b + 1]] = b
+    for j in range(npix):
+        if seen[j] != 2:
+            continue
+        k0, k1 = first[j], second[j]
+        if rows[k1] != rows[k0] + 1 or data[k1] != np.float32(1.0) - data[k0]:
+            continue
+        q = np.round(np.float64(data[k1]) * WEIGHT_ONE)
+        out[k1] = np.float32(q / WEIGHT_ONE)
+        out[k0] = np.float32((WEIGHT_ONE - q) / WEIGHT_ONE)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def csr_static_sums(data, indices, indptr, norm, dark):
+    """Frame-independent per-bin sums: Σc·n, Σc²·n², Σc·[n>0], Σc·dark."""
+    npt = indptr.size - 1
+    out = np.zeros((4, npt))
+    for b in prange(npt):
+        sn = sn2 = sc = sd = 0.0
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            c = np.float64(data[k])
+            n = np.float64(norm[j])
+            if n != 0.0:
+                sn += c * n
+                sn2 += c * c * n * n
+                sc += c
+                sd += c * dark[j]
+        out[0, b], out[1, b], out[2, b], out[3, b] = sn, sn2, sc, sd
+    return out
+
+
+@njit(parallel=True, cache=True)
+def hist_static_sums(bins, norm, dark, npt, nchunks):
+    """Frame-independent per-bin sums over pixels with ``bins < npt``: n, n², count, dark."""
+    n = bins.size
+    acc = np.zeros((nchunks, 4, npt + 1))
+    chunk = -(-n // nchunks)
+    for c in prange(nchunks):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            b = bins[i]
+            v = np.float64(norm[i])
+            acc[c, 0, b] += v
+            acc[c, 1, b] += v * v
+            acc[c, 2, b] += 1.0
+            acc[c, 3, b] += dark[i]
+    return acc.sum(axis=0)[:, :npt]
+
+
+@njit(cache=True)
+def item_counts(bins, items, npt):
+    """Pixels of each bin (0 .. npt) inside the (start, stop) ``items``: the static N the
+    packed passes add back. uint64 (npt + 1)."""
+    counts = np.zeros(npt + 1, np.uint64)
+    for c in range(items.shape[0]):
+        for p in range(items[c, 0], items[c, 1]):
+            counts[bins[p]] += np.uint64(1)
+    return counts
+
+
+@njit(cache=True)
+def valid_runs(bins, npt, min_gap):
+    """(start, stop) runs of pixels with ``bins != npt``; masked stretches shorter than
+    ``min_gap`` between two runs stay inside one run (a few wasted reads are cheaper than a
+    work item more). int64 (m, 2)."""
+    n = bins.size
+    out = np.empty((n // 2 + 1, 2), np.int64)  # runs alternate with gaps: at most n/2 + 1
+    m = 0
+    p = 0
+    while p < n:
+        while p < n and bins[p] == npt:
+            p += 1
+        if p == n:
+            break
+        start = p
+        while p < n and bins[p] != npt:
+            p += 1
+        if m > 0 and start - out[m - 1, 1] < min_gap:
+            out[m - 1, 1] = p
+        else:
+            out[m, 0], out[m, 1] = start, p
+            m += 1
+    return out[:m].copy()
+
+
+@njit(cache=True)
+def chunk_items(n):
+    """Work items (start, stop) of :data:`CHUNK` pixels covering pixels 0 .. n."""
+    nch = (n + CHUNK - 1) // CHUNK
+    items = np.empty((nch, 2), np.int64)
+    for c in range(nch):
+        items[c, 0] = c * CHUNK
+        items[c, 1] = min(n, c * CHUNK + CHUNK)
+    return items
+
+
+@njit(cache=True)
+def pair_table(bins, items, npt):
+    """Pair-pass tables (:func:`hist_pairs_u16_items`) of the (start, stop) ``items``.
+
+    Item c's pixels i0, i0 + 1, ... are paired from i0; its pairs' entries are
+    ``pidx[off[c]:off[c + 1]]`` (uint16: 3·b + t, see :data:`PAIR_TYPES`; ``3·npt`` for
+    a pair whose bins are not b, b + {0, 1, -1}: discarded), and each such pair's pixels
+    and an odd item's last pixel are listed (pixel, bin) unless masked (bin ``npt``).
+    Returns (pidx, off, list_pix int64, list_bin int64, pairs listed).
+    """
+    nit = items.shape[0]
+    off = np.zeros(nit + 1, np.int64)
+    for c in range(nit):
+        off[c + 1] = off[c] + (items[c, 1] - items[c, 0]) // 2
+    pidx = np.empty(off[nit], np.uint16)
+    lp = np.empty(2 * off[nit] + nit, np.int64)
+    lb = np.empty(lp.size, np.int64)
+    m = 0
+    listed = 0
+    for c in range(nit):
+        i0 = items[c, 0]
+        for k in range(off[c + 1] - off[c]):
+            j = i0 + 2 * k
+            b0, b1 = np.int64(bins[j]), np.int64(bins[j + 1])
+            d = b1 - b0
+            if b0 < npt and (d == 0 or d == 1 or (d == -1 and b0 > 0)):
+                pidx[off[c] + k] = PAIR_TYPES * b0 + (0 if d == 0 else (1 if d == 1 else 2))
+                continue
+            pidx[off[c] + k] = PAIR_TYPES * npt
+            if b0 == npt and b1 == npt:
+                continue  # both masked: nothing to add
+            listed += 1
+            for q in (j, j + 1):
+                if bins[q] != npt:
+                    lp[m], lb[m] = q, bins[q]
+                    m += 1
+        if (items[c, 1] - i0) % 2 == 1:
+            q = items[c, 1] - 1
+            if bins[q] != npt:
+                lp[m], lb[m] = q, bins[q]
+                m += 1
+    return pidx, off, lp[:m].copy(), lb[:m].copy(), listed
+
+
+@njit(cache=True)
+def pixel_table(data, indices, indptr, npix, bins, u):
+    """Pixel-major form of a CSR matrix (rows = bins) for the 2-bin split passes.
+
+    A pixel with one entry of weight 1, or two entries in consecutive bins b, b+1 with
+    weights 1 - q, q (q a multiple of 1/WEIGHT_ONE, see :func:`quantize_pairs`) is stored
+    as ``bins[j] = b``, ``u[j] = q·WEIGHT_ONE`` (uint16; 0 for one entry); every other
+    pixel (absent, 3+ bins, other weights) gets ``bins[j] = npt`` and its entries go to
+    the returned pixel-sorted COO lists (pixel int32, bin int32, weight float32).
+    """
+    npt = indptr.size - 1
+    state = np.zeros(npix, np.int8)  # 0 absent, 1 one entry, 2 pair, 3 exception
+    w0 = np.empty(npix, np.float32)  # weight of the first entry
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            c = data[k]
+            s = state[j]
+            if s == 0:
+                bins[j] = b
+                w0[j] = c
+                state[j] = 1
+            elif s == 1 and b == bins[j] + 1 and c == np.float32(1.0) - w0[j]:
+                state[j] = 2
+            else:
+                state[j] = 3
+    count = np.zeros(npix + 1, np.int64)
+    for j in range(npix):
+        q = np.float64(np.float32(1.0) - w0[j]) * WEIGHT_ONE  # second weight, fixed point
+        # both weights must be what u stands for (1 - 2^-30 and 2^-30 are a float32 pair),
+        # in 0 .. 1 (the integer pass's unsigned terms)
+        exact = (q == math.floor(q) and 0.0 <= q <= WEIGHT_ONE
+                 and np.float64(w0[j]) == 1.0 - q / WEIGHT_ONE)
+        if (state[j] == 1 and w0[j] != 1.0) or (state[j] == 2 and not exact):
+            state[j] = 3
+        if state[j] == 0 or state[j] == 3:
+            bins[j] = npt
+        u[j] = np.uint16(q) if state[j] == 2 else np.uint16(0)
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            if state[indices[k]] == 3:
+                count[indices[k] + 1] += 1
+    for j in range(npix):
+        count[j + 1] += count[j]
+    ex_pix = np.empty(count[npix], np.int32)
+    ex_bin = np.empty(count[npix], np.int32)
+    ex_w = np.empty(count[npix], np.float32)
+    for b in range(npt):
+        for k in range(indptr[b], indptr[b + 1]):
+            j = indices[k]
+            if state[j] == 3:
+                m = count[j]
+                ex_pix[m], ex_bin[m], ex_w[m] = j, b, data[k]
+                count[j] += 1
+    return ex_pix, ex_bin, ex_w
