@@ -149,10 +149,9 @@ class PoniGeometry:
         d2 = np.asarray(p2, dtype=np.float64) - self.poni2
         d3 = self.dist if p3 is None else self.dist + np.asarray(p3, dtype=np.float64)
         m = self.rotation_matrix()
-        t1 = m[0, 0] * d1 + m[0, 1] * d2 + m[0, 2] * d3
-        t2 = m[1, 0] * d1 + m[1, 1] * d2 + m[1, 2] * d3
-        t3 = m[2, 0] * d1 + m[2, 1] * d2 + m[2, 2] * d3
-        return t1, t2, t3
+        shape = np.broadcast_shapes(d1.shape, d2.shape, np.shape(d3))
+        taken: set[int] = set()  # d1, d2, d3 are new arrays: one may be returned as it is
+        return tuple(_row_times(m[i], (d1, d2, d3), shape, taken) for i in range(3))
 
     def tth(self, p1: ArrayLike, p2: ArrayLike, p3: ArrayLike | None = None) -> np.ndarray:
         """Scattering angle 2theta in radians."""
@@ -223,3 +222,24 @@ class PoniGeometry:
         chi = np.arctan2(t1, t2)
         cos2 = np.cos(tth) ** 2
         return 0.5 * (1.0 + cos2 - factor * np.cos(2.0 * (chi + axis_offset)) * (1.0 - cos2))
+
+
+def _row_times(row: np.ndarray, d: tuple, shape: tuple[int, ...], taken: set[int]) -> np.ndarray:
+    """row[0]·d[0] + row[1]·d[1] + row[2]·d[2] as an array of ``shape``, leaving out the
+    terms whose coefficient is 0 and the product by 1 (an unrotated detector: the identity,
+    the common case), adding in place, and returning one of the fresh arrays ``d`` itself
+    when it is the whole sum (``taken``: their ids, so none is returned twice). Same values
+    as the full sum (a term 0·d adds a zero; only the sign of an exact zero may differ).
+    Each full-size temporary of a 9.4 Mpixel detector's 4 corners is 300 MB, and allocating
+    it costs more than the arithmetic."""
+    terms = [(c, x) for c, x in zip(row, d, strict=True) if c != 0.0]
+    if not terms:
+        return np.zeros(shape)
+    c, x = terms[0]
+    if c == 1.0 and len(terms) == 1 and np.shape(x) == shape and id(x) not in taken:
+        taken.add(id(x))
+        return x
+    out = np.array(np.broadcast_to(x if c == 1.0 else c * x, shape), dtype=np.float64)
+    for c, x in terms[1:]:
+        out += x if c == 1.0 else c * x
+    return out
