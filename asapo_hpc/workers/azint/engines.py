@@ -16,6 +16,7 @@ import numpy as np
 
 from asapo_hpc.errors import AsapoWrongInputError
 from asapo_hpc.geometry import PixelDetector, PoniGeometry
+from asapo_hpc.geometry.detector import per_pixel_corners
 from asapo_hpc.workers.azint import kernels
 from asapo_hpc.workers.azint.reference import bin_edges, upper_bound
 
@@ -145,10 +146,7 @@ class CsrEngine(_Engine):
 
     def __init__(self, key: EngineKey, geom: PoniGeometry, det: PixelDetector, mask: np.ndarray):
         super().__init__(key, geom, det, mask)
-        corners = det.corners()
-        c3 = None if det.is_flat else corners[..., 0]
-        crad = internal_radial(geom, key.unit, corners[..., 1], corners[..., 2], c3)
-        crad = np.ascontiguousarray(crad.reshape(-1, 4))
+        crad, corner_chi = _corner_values(geom, det, key.unit, key.method[0] == "full")
         if key.method[0] == "bbox":
             p1, p2 = det.centers()
             center = internal_radial(geom, key.unit, p1, p2, det.centers_p3()).ravel()
@@ -161,9 +159,8 @@ class CsrEngine(_Engine):
             data, indices, indptr = kernels.bbox_csr(center, delta, self.valid, self.lo,
                                                      self.hi, self.npt)
         else:
-            chi = geom.chi(corners[..., 1], corners[..., 2], c3).reshape(-1, 4)
             data, indices, indptr = kernels.full_csr(
-                crad, np.ascontiguousarray(chi), self.valid, self.lo, self.hi, self.npt
+                crad, corner_chi, self.valid, self.lo, self.hi, self.npt
             )
         # two-bin weights in fixed point: the integer pass sums exactly this matrix
         self.matrix = (kernels.quantize_pairs(data, indices, indptr, self.valid.size),
@@ -186,6 +183,24 @@ class CsrEngine(_Engine):
 
         data, indices, indptr = self.matrix
         return csr_matrix((data, indices, indptr), shape=(self.npt, self.valid.size))
+
+
+def _corner_values(geom: PoniGeometry, det: PixelDetector, unit: str,
+                   with_chi: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(npix, 4) radial position (internal unit) of every pixel's corners, and their chi if
+    asked. A regular grid computes them once per corner point, shared by up to four pixels
+    (9.4 Mpixel: the arctan2 of 38 M corners took ~2 s); explicit corners each."""
+    grid = det.corner_grid()
+    if grid is not None:
+        p1, p2 = grid
+        rad = per_pixel_corners(internal_radial(geom, unit, p1, p2, None))
+        return rad, per_pixel_corners(geom.chi(p1, p2)) if with_chi else None
+    corners = det.corners()
+    c3 = None if det.is_flat else corners[..., 0]
+    rad = internal_radial(geom, unit, corners[..., 1], corners[..., 2], c3)
+    chi = geom.chi(corners[..., 1], corners[..., 2], c3) if with_chi else None
+    return (np.ascontiguousarray(rad.reshape(-1, 4)),
+            None if chi is None else np.ascontiguousarray(chi.reshape(-1, 4)))
 
 
 #: Registry: (split, algorithm) -> engine class.
