@@ -116,15 +116,15 @@ def main() -> None:
             pairs = corr.pair_tables(0, raw.size)
             if pairs is None:
                 def fn(raw, bins, npt, nt, items=items, counts=counts):
-                    return kernels.hist_packed_u16_items(raw, bins, items, npt, counts, nt)
+                    return kernels.hist_packed_items(raw, bins, items, npt, counts, nt)
 
-                name, arrays = "hist_packed_u16", (raw, corr.bins)
+                name, arrays = "hist_packed", (raw, corr.bins)
             else:
                 def fn(raw, pidx, off, lpix, lbin, npt, nt, items=items, counts=counts):
-                    return kernels.hist_pairs_u16_items(raw, items, pidx, off, lpix, lbin,
+                    return kernels.hist_pairs_items(raw, items, pidx, off, lpix, lbin,
                                                         npt, counts, nt)
 
-                name, arrays = "hist_pairs_u16", (raw, *pairs)
+                name, arrays = "hist_pairs", (raw, *pairs)
         else:
             name, fn, arrays = "split_pass_u16", kernels.split_pass_u16, (raw, *corr.table)
         nthreads = ours._threads[name].pick()  # what the integrator runs next

@@ -102,7 +102,7 @@ def test_histogram_kernels_match_reference(dtype):
                                rtol=1e-6)
     np.testing.assert_array_equal(got[4], np.bincount(bins[bad], minlength=npt + 1)[:npt])
     if dtype == np.uint16:
-        sig, var = kernels.hist_packed_u16(raw, bins, npt, 2)
+        sig, var = kernels.hist_packed(raw, bins, npt, 2)
         s, v, _, c = reference.preprocess_reference(raw)
         ref = reference.histogram_reference(bins, npt, s, v, np.ones(n, np.float32), c)
         np.testing.assert_array_equal(sig, ref[0])
@@ -217,7 +217,7 @@ def test_no_split_pair_pass_or_one_pixel_pass_both_match_pyfai(frame, npt, pairs
     theirs = pai.integrate1d(frame, npt, unit="2th_deg", method=PYFAI_METHOD["no"],
                              error_model="poisson")
     assert_close_to_pyfai(ours, theirs)
-    sig, var = kernels.hist_packed_u16(frame.ravel(), corr.bins, npt, 2)
+    sig, var = kernels.hist_packed(frame.ravel(), corr.bins, npt, 2)
     np.testing.assert_array_equal(ours.sum_signal, sig)
     np.testing.assert_array_equal(ours.sum_variance, var)
     if pairs:  # the few listed pixels: mask edges, pairs across the beam centre
@@ -522,7 +522,7 @@ def test_hist_packed_exact_for_any_chunking(n):
     zeros = np.bincount(bins[raw == 0], minlength=npt + 1)[:npt]
     for nthreads in (1, 2, 5):  # more threads than the pool: the first ones do the work
         with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
-            sig, var = kernels.hist_packed_u16(raw, bins, npt, nthreads)
+            sig, var = kernels.hist_packed(raw, bins, npt, nthreads)
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
         np.testing.assert_allclose(sig, ref[0], rtol=1e-12)
@@ -535,7 +535,7 @@ def test_packed_pass_is_exact_at_its_pixel_limit():
     bins = np.zeros(n, np.uint16)
     for raw in (np.full(n, 65535, np.uint16), np.zeros(n, np.uint16),
                 np.tile(np.array([0, 65535], np.uint16), n // 2 + 1)[:n]):
-        sig, var = kernels.hist_packed_u16(raw, bins, 2, 2)
+        sig, var = kernels.hist_packed(raw, bins, 2, 2)
         total = int(raw.sum(dtype=np.uint64))
         zeros = int((raw == 0).sum())
         assert (sig[0], var[0]) == (total, total + zeros)
@@ -559,15 +559,74 @@ def test_packed_pass_is_exact_at_the_narrow_packing_limit(per_bin):
     zeros = np.bincount(bins[raw == 0], minlength=npt + 1)[:npt]
     items = kernels.chunk_items(bins.size)
     counts = kernels.item_counts(bins, items, npt)
-    for sig, var in (kernels.hist_packed_u16(raw, bins, npt, 2),
+    for sig, var in (kernels.hist_packed(raw, bins, npt, 2),
                      _pair_pass(raw, bins, items, npt, counts, 2)):
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
 
 
+@pytest.mark.parametrize("pixels", [kernels.PACK48_MAX_BIN_PIXELS, 3000])
+def test_packed_passes_sum_uint32_frames_exactly(pixels):
+    """uint32 frames (24-bit Lambda mode, or any counts up to 2^32 - 1) packed at 2^48:
+    a bin at its pixel limit with every count at 2^32 - 1, a bin of zeros, a bin of both,
+    and random counts; both passes, every thread count."""
+    rng = np.random.default_rng(13)
+    npt = 5
+    bins = np.repeat(np.arange(npt, dtype=np.uint16), pixels)
+    raw = rng.integers(0, 1 << 32, bins.size, dtype=np.uint64).astype(np.uint32)
+    raw[bins == 0] = np.iinfo(np.uint32).max
+    raw[bins == 1] = 0
+    raw[(bins == 2) & (rng.random(bins.size) < 0.5)] = 0
+    raw[(bins == 3) & (rng.random(bins.size) < 0.3)] = 0
+    exact = [sum(int(v) for v in raw[bins == b]) for b in range(npt)]
+    zeros = [int((raw[bins == b] == 0).sum()) for b in range(npt)]
+    items = kernels.chunk_items(bins.size)
+    counts = kernels.item_counts(bins, items, npt)
+    for nthreads in (1, 2):
+        with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
+            for sig, var in (kernels.hist_packed_items(raw, bins, items, npt, counts, nthreads),
+                             _pair_pass(raw, bins, items, npt, counts, nthreads)):
+                assert [int(x) for x in sig] == exact  # exact in float64: < 2^53
+                assert [int(x) for x in var] == [e + z for e, z in zip(exact, zeros,
+                                                                      strict=True)]
+
+
+def test_uint32_frame_with_a_bin_over_the_packing_limit_is_summed_in_slices():
+    """A bin holding more pixels than one uint32 packed call may take: the integrator cuts
+    the frame into calls of PACK48_MAX_BIN_PIXELS pixels; the sums stay exact."""
+    shape = (600, 300)
+    ai = AzimuthalIntegrator(GEOMETRIES["centred"], PixelDetector.regular(shape, *PIXEL))
+    raw = np.random.default_rng(14).integers(0, 1 << 32, shape, dtype=np.uint64)
+    raw = raw.astype(np.uint32)
+    raw[::7] = 0
+    res = ai.integrate1d(raw, 2, unit="2th_deg")
+    corr = ai._corrections[("no", "histogram")][1]
+    assert corr.fullest > kernels.PACK48_MAX_BIN_PIXELS
+    assert corr.packed_step(np.uint32) == kernels.PACK48_MAX_BIN_PIXELS
+    bins = corr.bins.astype(np.int64)
+    exact = [sum(int(v) for v in raw.ravel()[bins == b]) for b in range(2)]
+    zeros = [int((raw.ravel()[bins == b] == 0).sum()) for b in range(2)]
+    assert [int(x) for x in res.sum_signal] == exact
+    assert [int(x) for x in res.sum_variance] == [e + z for e, z in zip(exact, zeros,
+                                                                       strict=True)]
+
+
+def test_uint32_and_uint16_frames_of_the_same_counts_integrate_alike(pair, frame):
+    """No split: both packed in integers, the same sums bit for bit. bbox: uint16 in
+    integers, uint32 in float (split_pass): equal to rounding."""
+    ai, _ = pair
+    wide = frame.astype(np.uint32)
+    a, b = (ai.integrate1d(f, NPT, unit="q_nm^-1", method="no") for f in (frame, wide))
+    np.testing.assert_array_equal(a.sum_signal, b.sum_signal)
+    np.testing.assert_array_equal(a.sum_variance, b.sum_variance)
+    a, b = (ai.integrate1d(f, NPT, unit="q_nm^-1", method="bbox") for f in (frame, wide))
+    np.testing.assert_allclose(a.sum_signal, b.sum_signal, rtol=1e-12)
+    np.testing.assert_allclose(a.sigma, b.sigma, rtol=1e-12)
+
+
 def _pair_pass(raw, bins, items, npt, counts, nthreads):
     pidx, off, list_pix, list_bin, _ = kernels.pair_table(bins, items, npt)
-    return kernels.hist_pairs_u16_items(raw, items, pidx, off, list_pix, list_bin, npt,
+    return kernels.hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt,
                                         counts, nthreads)
 
 
@@ -644,7 +703,7 @@ def test_packed_pass_items_of_any_length_are_exact():
     np.testing.assert_array_equal(counts, np.bincount(bins[take], minlength=npt + 1))
     for nthreads in (1, 2):
         with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
-            sig, var = kernels.hist_packed_u16_items(raw, bins, items, npt, counts, nthreads)
+            sig, var = kernels.hist_packed_items(raw, bins, items, npt, counts, nthreads)
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
 
@@ -775,7 +834,7 @@ def test_no_split_skips_long_masked_runs_with_identical_sums(frame, dtype):
     # the same passes over every pixel (no skipping)
     raw = data.ravel()
     if dtype == np.uint16:
-        sig, var = kernels.hist_packed_u16(raw, corr.bins, NPT, 2)
+        sig, var = kernels.hist_packed(raw, corr.bins, NPT, 2)
     else:
         sig, var = kernels.hist_checked(raw, corr.bins, NPT, corr.norm, corr.dark, False,
                                         np.float32(0), np.float32(0), 2)[:2]
@@ -816,10 +875,10 @@ def test_writable_and_read_only_frames_share_the_compiled_passes(frame):
     ai, _ = make_pair(GEOMETRIES["tilted"])
     data = frame.astype(np.uint16)
     first = ai.integrate1d(data, NPT, unit="q_nm^-1")
-    compiled = len(kernels.hist_packed_u16_items.signatures)
+    compiled = len(kernels.hist_packed_items.signatures)
     view = data.view()
     view.flags.writeable = False
     second = ai.integrate1d(view, NPT, unit="q_nm^-1")
     np.testing.assert_array_equal(first.intensity, second.intensity)
-    assert len(kernels.hist_packed_u16_items.signatures) == compiled
+    assert len(kernels.hist_packed_items.signatures) == compiled
     assert data.flags.writeable  # the caller's array is left as it was

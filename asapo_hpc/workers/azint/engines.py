@@ -35,7 +35,7 @@ RUN_MIN_GAP = 64
 #: The no-split passes skip masked runs only if that cuts the pixels read by this fraction.
 RUN_MIN_SAVING = 0.10
 
-#: The no-split uint16 pass reads pixel pairs (:func:`kernels.hist_pairs_u16_items`) unless
+#: The no-split uint16 / uint32 pass reads pixel pairs (:func:`kernels.hist_pairs_items`) unless
 #: more than this fraction of the pairs must be listed (bins narrower than pixels: the
 #: one-pixel pass is then faster), or the entries overflow uint16 (npt > 21 844).
 PAIRS_MAX_LISTED = 0.05
@@ -237,6 +237,9 @@ class Corrections:
             #: pixels a whole-frame no-split pass reads (fewer than all: masked runs skipped)
             self.pixels_read = norm.size if self.runs is None else int(
                 (self.runs[:, 1] - self.runs[:, 0]).sum())
+            #: pixels of the fullest bin (a uint32 packed call must hold fewer)
+            self.fullest = int(np.bincount(self.bins, minlength=engine.npt + 1)[
+                :engine.npt].max(initial=0))
         else:
             data, indices, indptr = engine.matrix
             keep = valid[indices]
@@ -287,6 +290,17 @@ class Corrections:
                                          self.npt)
             self._counts[(start, stop)] = counts
         return counts
+
+    def packed_step(self, dtype: np.dtype) -> int:
+        """Most pixels one call of the packed no-split passes may take for frames of
+        ``dtype``: uint16 :data:`kernels.PACK_MAX_PIXELS`; uint32 the whole frame unless a
+        bin holds over :data:`kernels.PACK48_MAX_BIN_PIXELS` pixels (then that many: no
+        call can overfill a bin)."""
+        if np.dtype(dtype) == np.uint16:
+            return kernels.PACK_MAX_PIXELS
+        if self.fullest <= kernels.PACK48_MAX_BIN_PIXELS:
+            return self.norm.size
+        return kernels.PACK48_MAX_BIN_PIXELS
 
     def pair_tables(self, start: int, stop: int) -> tuple | None:
         """Tables of the pair pass over ``work_items(start, stop)`` (pidx, off, listed

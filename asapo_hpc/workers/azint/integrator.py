@@ -348,19 +348,19 @@ class AzimuthalIntegrator:
         """No-split sums of the pixels ``start .. start + raw.size`` of the frame; the
         passes read only the pixels of the table's work items (masked runs skipped)."""
         stop = start + raw.size
-        if raw.dtype == np.uint16 and not check_dummy:
+        if raw.dtype in (np.uint16, np.uint32) and not check_dummy:
             out = np.zeros((6, engine.npt))
-            step = kernels.PACK_MAX_PIXELS
-            for i in range(start, stop, step):  # one call for runs up to 33 Mpixel
+            step = corr.packed_step(raw.dtype)
+            for i in range(start, stop, step):  # one call unless a bin is very full
                 j = min(stop, i + step)
                 part, items, counts = raw[i - start:j - start], corr.work_items(i, j), \
                     corr.item_counts(i, j)
                 pairs = corr.pair_tables(i, j)
                 if pairs is None:
-                    sig, var = self._run("hist_packed_u16", kernels.hist_packed_u16_items,
+                    sig, var = self._run("hist_packed", kernels.hist_packed_items,
                                          part, corr.bins[i:j], items, engine.npt, counts)
                 else:
-                    sig, var = self._run("hist_pairs_u16", kernels.hist_pairs_u16_items,
+                    sig, var = self._run("hist_pairs", kernels.hist_pairs_items,
                                          part, items, *pairs, engine.npt, counts)
                 out[0] += sig
                 out[1] += var

@@ -19,6 +19,8 @@ from asapo_hpc.workers.azint.kernels.constants import (  # noqa: F401 - the pack
     CHUNK,
     LANES,
     PACK32_MAX_BIN_PIXELS,
+    PACK48_MAX_BIN_PIXELS,
+    PACK48_SHIFT,
     PACK_LOW,
     PACK_MAX_PIXELS,
     PACK_SHIFT,
@@ -34,8 +36,7 @@ from asapo_hpc.workers.azint.kernels.finish import (  # noqa: F401 - the package
     finish_1d,
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (  # noqa: F401 - the package's names
-    add_pairs4_packed,
-    add_pairs4_packed32,
+    add_pairs4,
     add_row4,
     add_row4_from,
     fetch_add,
@@ -45,9 +46,9 @@ from asapo_hpc.workers.azint.kernels.intrinsics import (  # noqa: F401 - the pac
 from asapo_hpc.workers.azint.kernels.nosplit import (  # noqa: F401 - the package's names
     hist_checked,
     hist_checked_items,
-    hist_packed_u16,
-    hist_packed_u16_items,
-    hist_pairs_u16_items,
+    hist_packed,
+    hist_packed_items,
+    hist_pairs_items,
 )
 from asapo_hpc.workers.azint.kernels.split import (  # noqa: F401 - the package's names
     csr_pass,

@@ -9,10 +9,16 @@ PACK_SHIFT = 40
 PACK_LOW = (1 << PACK_SHIFT) - 1
 LANES = 4  # interleaved sub-histograms: breaks store-to-load chains on runs of equal bins
 
-#: Pixels one call of :func:`hist_packed_u16` may take: a bin of N < 2^24 pixels keeps
+#: Pixels one call of :func:`hist_packed` may take: a bin of N < 2^24 pixels keeps
 #: Σraw < 65536·N < 2^PACK_SHIFT and zeros·2^PACK_SHIFT < 2^64 (partial sums may wrap
 #: around; the total cannot).
 PACK_MAX_PIXELS = (1 << 24) - 1
+
+#: uint32 frames are packed at 2^PACK48_SHIFT: Σraw <= (2^32 - 1)·N < 2^48 and the zero
+#: count N < 2^16 above it, while no bin takes more than PACK48_MAX_BIN_PIXELS pixels in a
+#: call (the integrator slices a frame whose fullest bin has more).
+PACK48_SHIFT = 48
+PACK48_MAX_BIN_PIXELS = (1 << 16) - 1
 
 #: The same packing at 2^32 (a pixel adds (raw - 1) mod 2^32: one 32-bit add, where the
 #: 40-bit mask takes two) while every bin (0 .. npt - 1) of a call holds at most this many
@@ -20,7 +26,7 @@ PACK_MAX_PIXELS = (1 << 24) - 1
 #: bins (at most 22 k pixels a bin): 3.62 -> 3.41 ms on one thread.
 PACK32_MAX_BIN_PIXELS = 65537
 
-#: The pair pass (:func:`hist_pairs_u16_items`): pixels 2k, 2k + 1 of a work item share
+#: The pair pass (:func:`hist_pairs_items`): pixels 2k, 2k + 1 of a work item share
 #: one entry ``3·b + t`` of its histogram, t = 0 (both in bin b), 1 (second in b + 1),
 #: 2 (second in b - 1), two uint64 (one per pixel) added as one 16-byte vector: half the
 #: updates and loads of the one-pixel pass (3072 x 3072, 1000 bins, one thread: 3.5 ->

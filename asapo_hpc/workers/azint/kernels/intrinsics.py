@@ -9,7 +9,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from asapo_hpc.workers.azint.kernels.constants import PACK_LOW, SPLIT_LANES, WEIGHT_ONE
+from asapo_hpc.workers.azint.kernels.constants import SPLIT_LANES, WEIGHT_ONE
 
 
 @intrinsic
@@ -183,52 +183,45 @@ def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
     return sig, codegen
 
 
-def _make_add_pairs4(mask: int):
-    """Intrinsic for :func:`hist_pairs_u16_items`, packing pixels at ``mask`` (2^32 - 1 or
-    :data:`PACK_LOW`): pixels p .. p + 4 (``p`` a pixel of the frame, ``k`` the index of
-    the pair of pixels p, p + 1 in ``pidx``) as two pairs, pair j's packed values
-    ``((r - 1) & mask`` of its two pixels, 2 x uint64) added to entry ``lane_j + pidx[k + j]``
-    of ``flat`` (rows of two uint64). One <4 x i16> load, two 16-byte read-modify-writes;
-    unchecked: callers keep every index inside the arrays."""
+@intrinsic
+def add_pairs4(typingctx, flat, raw, pidx, p, k, lane0, lane1, mask):
+    """Pixels p .. p + 4 of :func:`hist_pairs_items` as two pairs (``p`` a pixel of the
+    frame, ``k`` the index of the pair of pixels p, p + 1 in ``pidx``): pair j's packed
+    values ``(r - 1) & mask`` (2 x uint64) added to entry ``lane_j + pidx[k + j]`` of
+    ``flat`` (rows of two uint64). One <4 x i16> (or i32) load, two 16-byte
+    read-modify-writes; unchecked: callers keep every index inside the arrays."""
+    ok = (isinstance(flat, types.Array) and flat.dtype == types.uint64
+          and isinstance(raw, types.Array) and raw.dtype in (types.uint16, types.uint32)
+          and isinstance(pidx, types.Array) and pidx.dtype == types.uint16)
+    if not ok:
+        return None
+    sig = types.void(flat, raw, pidx, types.uint64, types.uint64, types.intp, types.intp,
+                     types.uint64)
+    bits = raw.dtype.bitwidth
 
-    @intrinsic
-    def add_pairs4(typingctx, flat, raw, pidx, p, k, lane0, lane1):
-        ok = (isinstance(flat, types.Array) and flat.dtype == types.uint64
-              and isinstance(raw, types.Array) and raw.dtype == types.uint16
-              and isinstance(pidx, types.Array) and pidx.dtype == types.uint16)
-        if not ok:
-            return None
-        sig = types.void(flat, raw, pidx, types.uint64, types.uint64, types.intp, types.intp)
+    def codegen(context, builder, signature, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        v4, v2 = ir.VectorType(i64, 4), ir.VectorType(i64, 2)
 
-        def codegen(context, builder, signature, args):
-            i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-            v4, v2 = ir.VectorType(i64, 4), ir.VectorType(i64, 2)
+        def data(n):
+            return context.make_array(signature.args[n])(context, builder, args[n]).data
 
-            def data(n):
-                return context.make_array(signature.args[n])(context, builder, args[n]).data
+        rptr = builder.bitcast(builder.gep(data(1), [args[3]], inbounds=True),
+                               ir.VectorType(ir.IntType(bits), 4).as_pointer())
+        r = builder.zext(builder.load(rptr, align=bits // 8), v4)
+        mask4 = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(v4, ir.Undefined), args[7], ir.Constant(i32, 0)),
+            ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0, 0, 0, 0]))
+        packed = builder.and_(builder.add(r, ir.Constant(v4, [ir.Constant(i64, -1)] * 4)), mask4)
+        rows = builder.bitcast(data(0), v2.as_pointer())
+        iptr = builder.gep(data(2), [args[4]], inbounds=True)
+        for j, lane in enumerate((args[5], args[6])):
+            half = builder.shuffle_vector(
+                packed, packed, ir.Constant(ir.VectorType(i32, 2), [2 * j, 2 * j + 1]))
+            idx = builder.zext(builder.load(builder.gep(iptr, [ir.Constant(i64, j)]),
+                                            align=2), i64)
+            dst = builder.gep(rows, [builder.add(lane, idx)], inbounds=True)
+            builder.store(builder.add(builder.load(dst, align=16), half), dst, align=16)
+        return context.get_dummy_value()
 
-            rptr = builder.bitcast(builder.gep(data(1), [args[3]], inbounds=True),
-                                   ir.VectorType(i16, 4).as_pointer())
-            r = builder.zext(builder.load(rptr, align=2), v4)
-            packed = builder.and_(builder.add(r, ir.Constant(v4, [ir.Constant(i64, -1)] * 4)),
-                                  ir.Constant(v4, [ir.Constant(i64, mask)] * 4))
-            rows = builder.bitcast(data(0), v2.as_pointer())
-            iptr = builder.gep(data(2), [args[4]], inbounds=True)
-            for j, lane in enumerate((args[5], args[6])):
-                half = builder.shuffle_vector(
-                    packed, packed, ir.Constant(ir.VectorType(i32, 2), [2 * j, 2 * j + 1]))
-                idx = builder.zext(builder.load(builder.gep(iptr, [ir.Constant(i64, j)]),
-                                                align=2), i64)
-                dst = builder.gep(rows, [builder.add(lane, idx)], inbounds=True)
-                builder.store(builder.add(builder.load(dst, align=16), half), dst, align=16)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return add_pairs4
-
-
-add_pairs4_packed32 = _make_add_pairs4((1 << 32) - 1)
-
-
-add_pairs4_packed = _make_add_pairs4(PACK_LOW)
+    return sig, codegen

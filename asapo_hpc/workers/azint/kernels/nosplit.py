@@ -1,4 +1,4 @@
-"""No-split per-frame passes: packed integer sums of uint16 frames (one pixel per update,
+"""No-split per-frame passes: packed integer sums of uint16 and uint32 frames (one pixel per update,
 or pixel pairs), and the float pass with per-pixel validity checks."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from asapo_hpc.workers.azint.kernels.constants import (
     CHUNK,
     LANES,
     PACK32_MAX_BIN_PIXELS,
-    PACK_LOW,
+    PACK48_SHIFT,
     PACK_SHIFT,
     PAIR_LANES,
     PAIR_TYPES,
@@ -18,8 +18,7 @@ from asapo_hpc.workers.azint.kernels.constants import (
     PREFETCH_BLOCK,
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (
-    add_pairs4_packed,
-    add_pairs4_packed32,
+    add_pairs4,
     fetch_add,
     prefetch_nta,
 )
@@ -27,11 +26,11 @@ from asapo_hpc.workers.azint.kernels.tables import chunk_items, item_counts
 
 
 @njit(inline="always")
-def _packed(raw_value):
+def _packed(raw_value, mask):
     # Two instructions (lea, and) where raw | (raw == 0) << 40 took five: 4.0 vs 4.5 ms on
     # a stitched Lambda 9M frame (1 thread). Computed before the bin index is loaded: LLVM
     # then makes the histogram update one add-to-memory instruction.
-    return (np.uint64(raw_value) - np.uint64(1)) & np.uint64(PACK_LOW)
+    return (np.uint64(raw_value) - np.uint64(1)) & mask
 
 
 @njit(inline="always")
@@ -41,10 +40,28 @@ def _packed32(raw_value):
 
 
 @njit(inline="always")
-def _add_packed_lanes(r, bb, p, a):
+def _packing(raw, counts, npt):
+    """(narrow, shift) of a call: uint16 frames at 2^32 when every bin's pixels allow it
+    (:data:`PACK32_MAX_BIN_PIXELS`), else at 2^PACK_SHIFT; uint32 frames at
+    2^PACK48_SHIFT (the caller keeps bins within :data:`PACK48_MAX_BIN_PIXELS`)."""
+    if raw.itemsize > 2:
+        return False, np.uint64(PACK48_SHIFT)
+    narrow = True
+    for b in range(npt):
+        narrow &= counts[b] <= PACK32_MAX_BIN_PIXELS
+    return narrow, np.uint64(32) if narrow else np.uint64(PACK_SHIFT)
+
+
+@njit(inline="always")
+def _low(shift):
+    return (np.uint64(1) << shift) - np.uint64(1)
+
+
+@njit(inline="always")
+def _add_packed_lanes(r, bb, p, a, mask):
     """Pixels p .. p + LANES - 1, pixel p + k into lane k's bins."""
     for k in range(LANES):
-        v = _packed(r[p + np.uint64(k)])  # first: see _packed
+        v = _packed(r[p + np.uint64(k)], mask)  # first: see _packed
         a[k, bb[p + np.uint64(k)]] += v
 
 
@@ -56,10 +73,11 @@ def _add_packed32_lanes(r, bb, p, a):
 
 
 @njit(inline="always")
-def _packed_item(raw, bins, i0, i1, last, a, narrow):
-    """Pixels i0 .. i1 into the lanes ``a``, packed at 2^32 (``narrow``) or 2^PACK_SHIFT.
-    (The packing is a branch per block, not a function argument: a cached caller of a
-    kernel taking functions as arguments crashed when loaded from the disk cache.)"""
+def _packed_item(raw, bins, i0, i1, last, a, narrow, mask):
+    """Pixels i0 .. i1 into the lanes ``a``, packed at 2^32 (``narrow``: a constant mask,
+    one 32-bit add) or by ``mask``. (The packing is a branch per block, not a function
+    argument: a cached caller of a kernel taking functions as arguments crashed when
+    loaded from the disk cache.)"""
     # Views of the item, indexed from 0 with unsigned indices (no negative-index
     # wraparound code): 10 % faster than indexing the whole arrays from start.
     r = raw[i0:i1]
@@ -79,34 +97,29 @@ def _packed_item(raw, bins, i0, i1, last, a, narrow):
                 _add_packed32_lanes(r, bb, p, a)
         else:
             for p in range(q, q + np.uint64(PREFETCH_BLOCK), np.uint64(LANES)):
-                _add_packed_lanes(r, bb, p, a)
-    m4 = m // np.uint64(LANES) * np.uint64(LANES)
-    for p in range(mb, m4, np.uint64(LANES)):
-        if narrow:
-            _add_packed32_lanes(r, bb, p, a)
-        else:
-            _add_packed_lanes(r, bb, p, a)
-    for p in range(m4, m):
-        v = _packed32(r[p]) if narrow else _packed(r[p])
-        a[0, bb[p]] += v
+                _add_packed_lanes(r, bb, p, a, mask)
+    for p in range(mb, m):
+        a[0, bb[p]] += _packed(r[p], mask)
 
 
 @njit(parallel=True, cache=True)
-def hist_packed_u16_items(raw, bins, items, npt, counts, nthreads):
-    """No-split pass for uint16 frames without dynamic validity checks, over work items.
+def hist_packed_items(raw, bins, items, npt, counts, nthreads):
+    """No-split pass for uint16 and uint32 frames without dynamic validity checks, over
+    work items.
 
-    Reads 2 B of frame + 2 B of bin index per pixel of the (start, stop) ``items`` (pixels
+    Reads the frame + 2 B of bin index per pixel of the (start, stop) ``items`` (pixels
     outside them are skipped: long masked runs); one integer add per pixel into private
     per-thread, per-lane bins (exact); items handed out dynamically. ``counts``: the
-    items' pixels per bin (:func:`item_counts`). At most :data:`PACK_MAX_PIXELS` pixels;
-    packed at 2^32 when no bin holds over :data:`PACK32_MAX_BIN_PIXELS` of them, else
-    at 2^PACK_SHIFT. Returns (Σraw, Σmax(raw, 1)).
+    items' pixels per bin (:func:`item_counts`). uint16: at most :data:`PACK_MAX_PIXELS`
+    pixels a call; uint32: at most :data:`PACK48_MAX_BIN_PIXELS` in any bin (see
+    :func:`_packing`). Returns (Σraw, Σmax(raw, 1)).
     """
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     acc = np.zeros((nt, LANES, npt + 1), np.uint64)
     nit = items.shape[0]
     last = raw.size - 1  # prefetches stay inside the arrays
-    narrow = _fits_packed32(counts, npt)
+    narrow, shift = _packing(raw, counts, npt)
+    mask = _low(shift)
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         a = acc[t]
@@ -114,20 +127,20 @@ def hist_packed_u16_items(raw, bins, items, npt, counts, nthreads):
             c = fetch_add(counter, 0, 1)
             if c >= nit:
                 break
-            _packed_item(raw, bins, items[c, 0], items[c, 1], last, a, narrow)
+            _packed_item(raw, bins, items[c, 0], items[c, 1], last, a, narrow, mask)
     total = counts[:npt].copy()  # the N the per-pixel -1 took off; sums wrap around uint64
     for t in range(nt):
         for k in range(LANES):
             for b in range(npt):
                 total[b] += acc[t, k, b]
-    return _unpacked(total, narrow)
+    return _unpacked(total, shift)
 
 
 @njit(inline="always")
-def _pairs_item(raw, pidx, i0, k0, npairs, last, flat, ne, narrow):
+def _pairs_item(raw, pidx, i0, k0, npairs, last, flat, ne, mask):
     """Pairs k0 .. k0 + npairs of ``pidx`` (pixels from i0) into ``flat``, pair j into
     lane j % 2; the frame and the entries prefetched ahead as in :func:`_packed_item`."""
-    block = np.uint64(PREFETCH_BLOCK // 2)  # pairs per 64-byte line of the frame
+    block = np.uint64(PREFETCH_BLOCK // 2)  # pairs per 64-byte line of a uint16 frame
     n = np.uint64(npairs)
     nb = n // block * block
     p0, q0 = np.uint64(i0), np.uint64(k0)
@@ -136,27 +149,22 @@ def _pairs_item(raw, pidx, i0, k0, npairs, last, flat, ne, narrow):
         ahead = min(np.int64(p0 + 2 * q) + PREFETCH_AHEAD, last)
         prefetch_nta(raw, ahead)
         prefetch_nta(pidx, min(np.int64(q0 + q) + PREFETCH_AHEAD // 2, pidx.size - 1))
-        if narrow:
-            for j in range(q, q + block, np.uint64(2)):
-                add_pairs4_packed32(flat, raw, pidx, p0 + 2 * j, q0 + j, 0, lane1)
-        else:
-            for j in range(q, q + block, np.uint64(2)):
-                add_pairs4_packed(flat, raw, pidx, p0 + 2 * j, q0 + j, 0, lane1)
+        for j in range(q, q + block, np.uint64(2)):
+            add_pairs4(flat, raw, pidx, p0 + 2 * j, q0 + j, 0, lane1, mask)
     for j in range(nb, n):  # fewer than a block of pairs left: one pixel at a time
         e = 2 * np.int64(pidx[q0 + j])
         for h in range(2):
-            r = raw[p0 + 2 * j + np.uint64(h)]
-            flat[e + h] += _packed32(r) if narrow else _packed(r)
+            flat[e + h] += _packed(raw[p0 + 2 * j + np.uint64(h)], mask)
 
 
 @njit(parallel=True, cache=True)
-def hist_pairs_u16_items(raw, items, pidx, off, list_pix, list_bin, npt, counts, nthreads):
-    """:func:`hist_packed_u16_items` reading pixel pairs' entries instead of bins.
+def hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt, counts, nthreads):
+    """:func:`hist_packed_items` reading pixel pairs' entries instead of bins.
 
-    The same sums, bit for bit, from 2 B of frame + 1 B of entry index per pixel: the
+    The same sums, bit for bit, from the frame + 1 B of entry index per pixel: the
     tables of :func:`pair_table` (built once per geometry and items) replace the bin
     index; the listed pixels go through work items of their own, one at a time. Same
-    limits and packing as :func:`hist_packed_u16_items`. Returns (Σraw, Σmax(raw, 1)).
+    frames, limits and packing as :func:`hist_packed_items`. Returns (Σraw, Σmax(raw, 1)).
     """
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     ne = PAIR_TYPES * (npt + 1)
@@ -165,7 +173,8 @@ def hist_pairs_u16_items(raw, items, pidx, off, list_pix, list_bin, npt, counts,
     nit = items.shape[0]
     nitems = nit + (list_pix.size + CHUNK - 1) // CHUNK
     last = raw.size - 1
-    narrow = _fits_packed32(counts, npt)
+    _, shift = _packing(raw, counts, npt)
+    mask = _low(shift)
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         while True:
@@ -174,11 +183,10 @@ def hist_pairs_u16_items(raw, items, pidx, off, list_pix, list_bin, npt, counts,
                 break
             if c < nit:
                 _pairs_item(raw, pidx, items[c, 0], off[c], off[c + 1] - off[c], last, acc[t],
-                            ne, narrow)
+                            ne, mask)
             else:
                 for m in range((c - nit) * CHUNK, min(list_pix.size, (c - nit + 1) * CHUNK)):
-                    r = raw[list_pix[m]]
-                    single[t, list_bin[m]] += _packed32(r) if narrow else _packed(r)
+                    single[t, list_bin[m]] += _packed(raw[list_pix[m]], mask)
     total = counts[:npt].copy()  # the N the per-pixel -1 took off; sums wrap around uint64
     for t in range(nt):
         for b in range(npt):
@@ -191,23 +199,13 @@ def hist_pairs_u16_items(raw, items, pidx, off, list_pix, list_bin, npt, counts,
                     total[b + 1] += acc[t, e + 3]
                 if b > 0:
                     total[b - 1] += acc[t, e + 5]
-    return _unpacked(total, narrow)
+    return _unpacked(total, shift)
 
 
 @njit(inline="always")
-def _fits_packed32(counts, npt):
-    """Whether every bin's pixels allow the 2^32 packing (:data:`PACK32_MAX_BIN_PIXELS`)."""
-    narrow = True
-    for b in range(npt):
-        narrow &= counts[b] <= PACK32_MAX_BIN_PIXELS
-    return narrow
-
-
-@njit(inline="always")
-def _unpacked(total, narrow):
+def _unpacked(total, shift):
     """(Σraw, Σmax(raw, 1)) per bin from the packed totals (N added back)."""
-    shift = np.uint64(32) if narrow else np.uint64(PACK_SHIFT)
-    low = (np.uint64(1) << shift) - np.uint64(1)
+    low = _low(shift)
     sig = np.empty(total.size)
     var = np.empty(total.size)
     for b in range(total.size):
@@ -217,17 +215,16 @@ def _unpacked(total, narrow):
     return sig, var
 
 
-def hist_packed_u16(raw, bins, npt, nthreads):
-    """:func:`hist_packed_u16_items` over every pixel, in items of :data:`CHUNK` pixels.
+def hist_packed(raw, bins, npt, nthreads):
+    """:func:`hist_packed_items` over every pixel, in items of :data:`CHUNK` pixels.
     Counts the pixels per bin on every call (a second pass over ``bins``): the integrator
-    calls :func:`hist_packed_u16_items` with counts it keeps (``Corrections.item_counts``).
+    calls :func:`hist_packed_items` with counts it keeps (``Corrections.item_counts``).
 
     Plain Python, like :func:`hist_checked`: a disk-cached Numba function calling a
     parallel one segfaulted when both were loaded from the cache (the caller's copy of
     the parallel region and the callee's own, compiled in different processes)."""
     items = chunk_items(raw.size)
-    return hist_packed_u16_items(raw, bins, items, npt, item_counts(bins, items, npt),
-                                 nthreads)
+    return hist_packed_items(raw, bins, items, npt, item_counts(bins, items, npt), nthreads)
 
 
 @njit(parallel=True, cache=True)
@@ -270,6 +267,6 @@ def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, de
 
 def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nthreads):
     """:func:`hist_checked_items` over every pixel, in items of :data:`CHUNK` pixels
-    (plain Python: see :func:`hist_packed_u16`)."""
+    (plain Python: see :func:`hist_packed`)."""
     return hist_checked_items(raw, bins, chunk_items(raw.size), npt, norm, dark, check_dummy,
                               dummy, delta_dummy, nthreads)

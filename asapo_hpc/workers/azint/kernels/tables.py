@@ -293,7 +293,7 @@ def chunk_items(n):
 
 @njit(cache=True)
 def pair_table(bins, items, npt):
-    """Pair-pass tables (:func:`hist_pairs_u16_items`) of the (start, stop) ``items``.
+    """Pair-pass tables (:func:`hist_pairs_items`) of the (start, stop) ``items``.
 
     Item c's pixels i0, i0 + 1, ... are paired from i0; its pairs' entries are
     ``pidx[off[c]:off[c + 1]]`` (uint16: 3·b + t, see :data:`PAIR_TYPES`; ``3·npt`` for
