@@ -163,6 +163,34 @@ def test_csr_pass_matches_reference_and_scipy(dtype):
 
 
 @pytest.mark.parametrize("method", ["bbox", "full"])
+def test_checked_split_pass_equals_the_csr_gather(frame, method):
+    """Float frames with NaN, infinities and dummies (in whole blocks and alone, in listed
+    pixels near the centre and in masked ones): the pixel-table pass with checks gives
+    :func:`kernels.csr_pass`'s six sums over the same matrix."""
+    ai, _ = make_pair(GEOMETRIES["tilted"])
+    mask = np.zeros(SHAPE, bool)
+    mask[100:110] = True
+    data = frame.astype(np.float32)
+    flat = data.reshape(-1)
+    flat[::13] = np.nan
+    flat[5:200] = -1.0  # the dummy: whole blocks of it
+    flat[1000:1003] = np.inf
+    ai.integrate1d(data, NPT, unit="q_nm^-1", method=method, mask=mask, dummy=-1.0)
+    corr = ai._corrections[(method, "csr")][1]
+    assert corr.table[2].size > 0 or method == "bbox"  # listed pixels exercised (full)
+    for dummy, delta in ((-1.0, 0.0), (-1.0, 0.5), (0.0, 0.0)):
+        check = dummy != 0.0
+        want = kernels.csr_pass(flat, *corr.matrix, corr.norm, corr.dark, True, check,
+                                np.float32(dummy), np.float32(delta))
+        for nthreads in (1, 2):
+            got = kernels.split_pass_checked(flat, *corr.table, corr.norm, corr.dark, check,
+                                             np.float32(dummy), np.float32(delta), NPT,
+                                             nthreads)
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+        assert want[4].sum() > 0  # invalid pixels were found
+
+
+@pytest.mark.parametrize("method", ["bbox", "full"])
 def test_regular_grid_corners_computed_once_equal_explicit_corners(frame, method):
     """A regular grid computes radial and chi once per corner point (shared by up to four
     pixels); the same detector given by its explicit corners computes them per pixel.

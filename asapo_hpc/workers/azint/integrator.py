@@ -301,7 +301,7 @@ class AzimuthalIntegrator:
         """(6, npt): Σsignal, Σvariance over valid pixels and sums of frame-invalid pixels.
 
         Every sum is over pixels, so a frame in parts is the sum of its parts' passes, each
-        on its slice of the per-pixel tables; only the CSR gather needs the whole frame.
+        on its slice of the per-pixel tables.
         """
         check_dummy = dummy is not None
         d = np.float32(dummy if check_dummy else 0.0)
@@ -317,17 +317,17 @@ class AzimuthalIntegrator:
                 start += raw.size
             return out
         out = np.zeros((6, engine.npt))
-        if kind in "ui" and not check_dummy:
-            start = 0
-            for raw in parts:
+        start = 0
+        for raw in parts:
+            stop = start + raw.size
+            if kind in "ui" and not check_dummy:  # integer counts: nothing to check
                 out[:2] += self._split_sums(engine, corr, raw, start)
-                start += raw.size
-            return out
-        check = check_dummy or kind == "f"
-        raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # gather: one copy
-        return kernels.csr_pass(
-            raw, *corr.matrix, corr.norm, corr.dark, check, check_dummy, d, dd
-        )
+            else:
+                out += self._run("split_pass_checked", kernels.split_pass_checked, raw,
+                                 *corr.table_part(start, stop), corr.norm[start:stop],
+                                 corr.dark[start:stop], check_dummy, d, dd, engine.npt)
+            start = stop
+        return out
 
     def _split_sums(self, engine, corr: Corrections, raw, start) -> np.ndarray:
         """(2, npt) split-mode Σsignal, Σvariance of the integer pixels ``start ..

@@ -53,6 +53,7 @@ from asapo_hpc.workers.azint.kernels.nosplit import (  # noqa: F401 - the packag
 from asapo_hpc.workers.azint.kernels.split import (  # noqa: F401 - the package's names
     csr_pass,
     split_pass,
+    split_pass_checked,
     split_pass_u16,
 )
 from asapo_hpc.workers.azint.kernels.tables import (  # noqa: F401 - the package's names

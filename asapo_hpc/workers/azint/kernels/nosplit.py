@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from asapo_hpc.workers.azint.kernels.checks import invalid_value
 from asapo_hpc.workers.azint.kernels.constants import (
     CHUNK,
     LANES,
@@ -250,10 +251,7 @@ def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, de
             for p in range(items[c, 0], items[c, 1]):
                 b = bins[p]
                 v = np.float32(raw[p])
-                bad = not np.isfinite(v)
-                if check_dummy and not bad:
-                    bad = v == dummy if delta_dummy == 0.0 else abs(v - dummy) <= delta_dummy
-                if bad:
+                if invalid_value(v, check_dummy, dummy, delta_dummy):
                     w = np.float64(norm[p])
                     a[b, 2] += w
                     a[b, 3] += w * w

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from asapo_hpc.workers.azint.kernels.checks import invalid_value
 from asapo_hpc.workers.azint.kernels.constants import (
     CHUNK,
     PREFETCH_AHEAD,
@@ -45,16 +46,7 @@ def split_pass(raw, bins, u, ex_pix, ex_bin, ex_w, npt, nthreads):
         buf = np.empty(4 * PREFETCH_BLOCK)  # one block's per-pixel sums (see _split_block)
         _split_items(_split_chunk, raw, bins, u, ex_pix, ex_bin, ex_w, counter, flat[t],
                      npt + 1, buf, acc[t, 0])
-    out = np.zeros((2, npt))
-    for t in range(nt):
-        for k in range(SPLIT_LANES):
-            for b in range(npt):
-                out[0, b] += acc[t, k, b, 0]
-                out[1, b] += acc[t, k, b, 1]
-            for b in range(npt - 1):  # the b + 1 shares (bin npt - 1 has none: u = 0)
-                out[0, b + 1] += acc[t, k, b, 2]
-                out[1, b + 1] += acc[t, k, b, 3]
-    return out
+    return _split_float_totals(acc, npt)
 
 
 @njit(inline="always")
@@ -238,10 +230,7 @@ def csr_pass(raw, data, indices, indptr, norm, dark, check, check_dummy, dummy, 
             c = np.float64(data[k])
             r = np.float32(raw[j])
             if check:
-                bad = not np.isfinite(r)
-                if check_dummy and not bad:
-                    bad = r == dummy if delta_dummy == 0.0 else abs(r - dummy) <= delta_dummy
-                if bad:
+                if invalid_value(r, check_dummy, dummy, delta_dummy):
                     w = np.float64(norm[j])
                     if w != 0.0:
                         bn += c * w
@@ -252,4 +241,125 @@ def csr_pass(raw, data, indices, indptr, norm, dark, check, check_dummy, dummy, 
             s += c * r
             v2 += c * c * max(r, np.float32(1.0))
         out[0, b], out[1, b], out[2, b], out[3, b], out[4, b], out[5, b] = s, v2, bn, bn2, bc, bd
+    return out
+
+
+@njit(parallel=True, cache=True)
+def split_pass_checked(raw, bins, u, ex_pix, ex_bin, ex_w, norm, dark, check_dummy, dummy,
+                       delta_dummy, npt, nthreads):
+    """:func:`split_pass` for frames whose pixels may be invalid (float frames: NaN,
+    infinity; any frame with a dummy value), over the pixel table instead of the CSR
+    gather of :func:`csr_pass` (which reads the frame in bin order, ~7x slower).
+
+    A block of PREFETCH_BLOCK pixels without an invalid value takes :func:`split_pass`'s
+    vectorised path; a block with one goes pixel by pixel, an invalid pixel adding its
+    weighted normalisation, its square, its weight and its weighted dark to ``inv`` (to
+    subtract from the static sums). Returns (6, npt) float64 like :func:`csr_pass`.
+    """
+    nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
+    acc = np.zeros((nt, SPLIT_LANES, npt + 1, 4))
+    flat = acc.reshape(nt, -1)  # per thread: rows of 4, lane k's bin b at k*(npt+1) + b
+    inv = np.zeros((nt, npt + 2, 4))  # row npt + 1: the second bin of a pixel in bin npt
+    n = raw.size
+    nch = (n + CHUNK - 1) // CHUNK
+    nitems = nch + (ex_pix.size + CHUNK - 1) // CHUNK
+    counter = np.zeros(1, np.int64)
+    for t in prange(nt):  # one iteration per thread; work items from the counter
+        buf = np.empty(4 * PREFETCH_BLOCK)
+        while True:
+            c = fetch_add(counter, 0, 1)
+            if c >= nitems:
+                break
+            if c < nch:
+                _checked_chunk(raw, bins, u, c * CHUNK, min(n, (c + 1) * CHUNK), flat[t],
+                               npt + 1, buf, norm, dark, check_dummy, dummy, delta_dummy,
+                               inv[t])
+            else:
+                _checked_listed(raw, ex_pix, ex_bin, ex_w, (c - nch) * CHUNK, acc[t, 0],
+                                norm, dark, check_dummy, dummy, delta_dummy, inv[t])
+    out = np.zeros((6, npt))
+    out[:2] = _split_float_totals(acc, npt)
+    for t in range(nt):
+        for b in range(npt):
+            for q in range(4):
+                out[2 + q, b] += inv[t, b, q]
+    return out
+
+
+@njit(inline="always")
+def _checked_chunk(raw, bins, u, start, stop, flat, lane_rows, buf, norm, dark, check_dummy,
+                   dummy, delta_dummy, inv):
+    """:func:`_split_chunk` with validity checks: a block's values are checked first."""
+    start, stop = np.uint64(start), np.uint64(stop)  # unsigned: no wraparound code
+    block = np.uint64(PREFETCH_BLOCK)
+    stop_b = start + (stop - start) // block * block
+    for q in range(start, stop_b, block):
+        _prefetch_table(raw, bins, u, q)
+        bad = False
+        for p in range(q, q + block):
+            bad |= invalid_value(np.float32(raw[p]), check_dummy, dummy, delta_dummy)
+        if not bad:
+            _split_block(raw, bins, u, q, flat, lane_rows, buf)
+            continue
+        for p in range(q, q + block):
+            _checked_pixel(raw, bins, u, p, flat, norm, dark, check_dummy, dummy,
+                           delta_dummy, inv)
+    for p in range(stop_b, stop):
+        _checked_pixel(raw, bins, u, p, flat, norm, dark, check_dummy, dummy, delta_dummy,
+                       inv)
+
+
+@njit(inline="always")
+def _checked_pixel(raw, bins, u, p, flat, norm, dark, check_dummy, dummy, delta_dummy, inv):
+    if not invalid_value(np.float32(raw[p]), check_dummy, dummy, delta_dummy):
+        _split_pixel(raw, bins, u, p, flat, 0)
+        return
+    c1 = np.float64(u[p]) * (1.0 / WEIGHT_ONE)
+    b = np.int64(bins[p])  # npt (masked): rows npt, npt + 1, never read
+    _add_invalid(inv, b, 1.0 - c1, norm[p], dark[p])
+    if c1 > 0.0:
+        _add_invalid(inv, b + 1, c1, norm[p], dark[p])
+
+
+@njit(inline="always")
+def _add_invalid(inv, b, c, w, d):
+    """An invalid pixel's share c of bin b: Σc·norm, Σc²·norm², Σc, Σc·dark (as
+    :func:`csr_pass`; pixels of normalisation 0 are statically invalid: not counted)."""
+    w = np.float64(w)
+    if w != 0.0:
+        inv[b, 0] += c * w
+        inv[b, 1] += c * c * w * w
+        inv[b, 2] += c
+        inv[b, 3] += c * np.float64(d)
+
+
+@njit(inline="always")
+def _checked_listed(raw, ex_pix, ex_bin, ex_w, start, out, norm, dark, check_dummy, dummy,
+                    delta_dummy, inv):
+    """:func:`_split_listed` with validity checks."""
+    for m in range(start, min(ex_pix.size, start + CHUNK)):
+        j = ex_pix[m]
+        v = np.float32(raw[j])
+        c = np.float64(ex_w[m])
+        if invalid_value(v, check_dummy, dummy, delta_dummy):
+            _add_invalid(inv, np.int64(ex_bin[m]), c, norm[j], dark[j])
+            continue
+        r = np.float64(v)
+        out[ex_bin[m], 0] += c * r
+        out[ex_bin[m], 1] += c * c * max(r, 1.0)
+
+
+@njit(cache=True)
+def _split_float_totals(acc, npt):
+    """(2, npt) Σc·r, Σc²·rv from the float rows of every thread and lane (shares of bins
+    b and b + 1)."""
+    out = np.zeros((2, npt))
+    for t in range(acc.shape[0]):
+        for k in range(SPLIT_LANES):
+            for b in range(npt):
+                out[0, b] += acc[t, k, b, 0]
+                out[1, b] += acc[t, k, b, 1]
+            for b in range(npt - 1):  # the b + 1 shares (bin npt - 1 has none: u = 0)
+                out[0, b + 1] += acc[t, k, b, 2]
+                out[1, b + 1] += acc[t, k, b, 3]
     return out
