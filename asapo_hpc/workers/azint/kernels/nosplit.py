@@ -235,32 +235,56 @@ def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, de
 
     Returns a (6, npt) float64 array: Σsignal, Σvariance of valid pixels, and for pixels
     found invalid in this frame: Σnorm, Σnorm², count, Σdark (to subtract from the static
-    sums). Only pixels of the (start, stop) ``items`` are read. Private per-thread bins;
-    items handed out dynamically.
+    sums). Only pixels of the (start, stop) ``items`` are read. Private per-thread bins,
+    the valid sums in LANES sub-histograms; items handed out dynamically.
     """
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
-    acc = np.zeros((nt, npt + 1, 6))
+    valid = np.zeros((nt, LANES, npt + 1, 2))  # Σv, Σmax(v, 1): pixel p + k into lane k
+    invalid = np.zeros((nt, npt + 1, 4))  # Σnorm, Σnorm², count, Σdark
     nit = items.shape[0]
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
-        a = acc[t]
+        vt, it = valid[t], invalid[t]
         while True:
             c = fetch_add(counter, 0, 1)
             if c >= nit:
                 break
-            for p in range(items[c, 0], items[c, 1]):
-                b = bins[p]
-                v = np.float32(raw[p])
-                if invalid_value(v, check_dummy, dummy, delta_dummy):
-                    w = np.float64(norm[p])
-                    a[b, 2] += w
-                    a[b, 3] += w * w
-                    a[b, 4] += 1.0
-                    a[b, 5] += dark[p]
-                else:
-                    a[b, 0] += v
-                    a[b, 1] += max(v, np.float32(1.0))
-    return acc.sum(axis=0)[:npt].T.copy()
+            i0, i1 = np.uint64(items[c, 0]), np.uint64(items[c, 1])  # unsigned: no wraparound
+            i4 = i0 + (i1 - i0) // np.uint64(LANES) * np.uint64(LANES)
+            for p in range(i0, i4, np.uint64(LANES)):  # lanes: no float-add chains
+                for k in range(LANES):
+                    _checked_add(raw, bins, p + np.uint64(k), vt, k, it, norm, dark,
+                                 check_dummy, dummy, delta_dummy)
+            for p in range(i4, i1):
+                _checked_add(raw, bins, p, vt, 0, it, norm, dark, check_dummy, dummy,
+                             delta_dummy)
+    out = np.zeros((6, npt))
+    for t in range(nt):
+        for b in range(npt):
+            for k in range(LANES):
+                out[0, b] += valid[t, k, b, 0]
+                out[1, b] += valid[t, k, b, 1]
+            for q in range(4):
+                out[2 + q, b] += invalid[t, b, q]
+    return out
+
+
+@njit(inline="always")
+def _checked_add(raw, bins, p, valid, k, invalid, norm, dark, check_dummy, dummy,
+                 delta_dummy):
+    """Pixel p into its bin: its value and Poisson variance into lane ``k`` of ``valid``,
+    or, invalid in this frame, its normalisation, square, count and dark into ``invalid``."""
+    b = bins[p]
+    v = np.float32(raw[p])
+    if invalid_value(v, check_dummy, dummy, delta_dummy):
+        w = np.float64(norm[p])
+        invalid[b, 0] += w
+        invalid[b, 1] += w * w
+        invalid[b, 2] += 1.0
+        invalid[b, 3] += dark[p]
+    else:
+        valid[k, b, 0] += v
+        valid[k, b, 1] += max(v, np.float32(1.0))
 
 
 def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nthreads):
