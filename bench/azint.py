@@ -16,7 +16,7 @@ definition used before), "% CSR fl" the same as "% floor" with the bytes of the 
 matrix (reference only: that is more bytes than the pass needs). Prints a table and writes
 bench/results/azint.json; never asserts.
 
-    python bench/azint.py [--repeats N] [--size N] [--warmup N]
+    python bench/azint.py [--repeats N] [--size N] [--warmup N] [--frame-types]
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=3072)
     parser.add_argument("--warmup", type=int, default=12,
                         help="calls before timing ours (pyFAI gets one)")
+    parser.add_argument("--frame-types", action="store_true",
+                        help="also time ours end to end on the same counts as uint32 (the "
+                             "Lambda's 24-bit mode) and float32 frames, every method")
     args = parser.parse_args()
 
     import pyFAI.detectors
@@ -168,6 +171,16 @@ def main() -> None:
               f"{100 * r['kernel_fraction_of_floor']:6.0f}% "
               f"{100 * r['fraction_of_1t_read_floor']:7.0f}% "
               f"{100 * r['fraction_of_csr_floor']:7.0f}% {r['mpix_per_s']:8.0f}")
+    by_type = {}
+    if args.frame_types:  # which pass a frame type gets: docs/azint.md
+        for dtype in (np.uint16, np.uint32, np.float32):
+            typed = frame.astype(dtype)
+            by_type[np.dtype(dtype).name] = {
+                m: 1e3 * median_time(partial(ours.integrate1d, typed, npt, unit=unit, method=m),
+                                     args.repeats, args.warmup) for m in ("no", "bbox", "full")}
+        print("ours end to end by frame type (ms): " + "; ".join(
+            f"{k} " + " / ".join(f"{m} {v:.2f}" for m, v in t.items())
+            for k, t in by_type.items()))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     result = dict(
@@ -176,6 +189,7 @@ def main() -> None:
         machine=platform.machine(), stream_read_GBps=rate / 1e9,
         stream_read_rates_GBps={k: v / 1e9 for k, v in rates.items()},
         pyfai_ms={"/".join(m): t * 1e3 for m, t in t_pyfai.items()}, rows=rows,
+        ours_ms_by_frame_type=by_type,
     )
     (out / "azint.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'azint.json'}")
