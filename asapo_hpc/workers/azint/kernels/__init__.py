@@ -21,7 +21,6 @@ from asapo_hpc.workers.azint.kernels.constants import (  # noqa: F401 - the pack
     PACK32_MAX_BIN_PIXELS,
     PACK48_MAX_BIN_PIXELS,
     PACK48_SHIFT,
-    PACK_LOW,
     PACK_MAX_PIXELS,
     PACK_SHIFT,
     PAIR_LANES,

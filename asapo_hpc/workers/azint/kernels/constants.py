@@ -6,7 +6,6 @@ lanes, work items, fixed-point weights and prefetch distances."""
 #: Σraw - N + zeros·2^PACK_SHIFT: with N added back, the low bits are Σraw and the bits above
 #: count the zeros (Poisson variance max(raw, 1) = raw + [raw == 0]).
 PACK_SHIFT = 40
-PACK_LOW = (1 << PACK_SHIFT) - 1
 LANES = 4  # interleaved sub-histograms: breaks store-to-load chains on runs of equal bins
 
 #: Pixels one call of :func:`hist_packed` may take: a bin of N < 2^24 pixels keeps
