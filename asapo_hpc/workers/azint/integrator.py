@@ -316,6 +316,10 @@ class AzimuthalIntegrator:
                 out += self._hist_sums(engine, corr, raw, start, check_dummy, d, dd)
                 start += raw.size
             return out
+        if corr.gather_is_faster:  # bins narrower than pixels: most pixels listed
+            raw = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one copy
+            return kernels.csr_pass(raw, *corr.matrix, corr.norm, corr.dark,
+                                    check_dummy or kind == "f", check_dummy, d, dd)
         out = np.zeros((6, engine.npt))
         start = 0
         for raw in parts:

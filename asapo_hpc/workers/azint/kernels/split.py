@@ -220,9 +220,10 @@ def csr_pass(raw, data, indices, indptr, norm, dark, check, check_dummy, dummy, 
     """Split-mode pass: gather through the CSR matrix, one bin per iteration (no atomics).
 
     Returns (6, npt) float64 like :func:`hist_checked`, corrections weighted by c (and c²).
-    The integrator runs the pixel-table passes instead (:func:`split_pass_checked` reads
-    the frame in pixel order, ~7x faster); this bin-order gather stays as the independent
-    implementation the tests check them against.
+    The integrator runs it only when bins are narrower than pixels (most pixels listed,
+    see ``engines.GATHER_LISTED_PER_PIXEL``); otherwise the pixel-table passes, which read
+    the frame in pixel order, are faster (:func:`split_pass_checked`: ~7x). The tests also
+    check the table passes against this independent gather.
     """
     npt = indptr.size - 1
     out = np.zeros((6, npt))
