@@ -244,8 +244,7 @@ class Corrections:
             self.pixels_read = norm.size if self.runs is None else int(
                 (self.runs[:, 1] - self.runs[:, 0]).sum())
             #: pixels of the fullest bin (a uint32 packed call must hold fewer)
-            self.fullest = int(np.bincount(self.bins, minlength=engine.npt + 1)[
-                :engine.npt].max(initial=0))
+            self.fullest = _fullest_bin(self.bins, engine.npt)
         else:
             data, indices, indptr = engine.matrix
             keep = valid[indices]
@@ -266,7 +265,7 @@ class Corrections:
             #: the CSR gather (:func:`kernels.csr_pass`) instead of the table passes when
             #: the pixels over 3+ bins, added one entry at a time, dominate the table
             self.gather_is_faster = ex[0].size > GATHER_LISTED_PER_PIXEL * norm.size
-            fullest = np.bincount(bins, minlength=engine.npt + 1)[:engine.npt].max()
+            fullest = _fullest_bin(bins, engine.npt)
             # a call of fewer pixels than the limit cannot overfill a bin
             self.split_step = (norm.size if fullest < kernels.SPLIT_U16_MAX_BIN_PIXELS
                                else kernels.SPLIT_U16_MAX_BIN_PIXELS - 1)
@@ -342,6 +341,11 @@ class Corrections:
                     ex_bin[lo:hi], ex_w[lo:hi])
             self._table_parts[(start, stop)] = part
         return part
+
+
+def _fullest_bin(bins: np.ndarray, npt: int) -> int:
+    """Pixels of the fullest bin 0 .. npt - 1 (the sentinel npt not counted)."""
+    return int(np.bincount(bins, minlength=npt + 1)[:npt].max(initial=0))
 
 
 def _skipping_runs(bins: np.ndarray, npt: int) -> np.ndarray | None:
