@@ -42,15 +42,15 @@ def _packed32(raw_value):
 
 @njit(inline="always")
 def _packing(raw, counts, npt):
-    """(narrow, shift) of a call: uint16 frames at 2^32 when every bin's pixels allow it
+    """The packing shift of a call: uint16 frames at 2^32 when every bin's pixels allow it
     (:data:`PACK32_MAX_BIN_PIXELS`), else at 2^PACK_SHIFT; uint32 frames at
     2^PACK48_SHIFT (the caller keeps bins within :data:`PACK48_MAX_BIN_PIXELS`)."""
     if raw.itemsize > 2:
-        return False, np.uint64(PACK48_SHIFT)
+        return np.uint64(PACK48_SHIFT)
     narrow = True
     for b in range(npt):
         narrow &= counts[b] <= PACK32_MAX_BIN_PIXELS
-    return narrow, np.uint64(32) if narrow else np.uint64(PACK_SHIFT)
+    return np.uint64(32) if narrow else np.uint64(PACK_SHIFT)
 
 
 @njit(inline="always")
@@ -119,8 +119,8 @@ def hist_packed_items(raw, bins, items, npt, counts, nthreads):
     acc = np.zeros((nt, LANES, npt + 1), np.uint64)
     nit = items.shape[0]
     last = raw.size - 1  # prefetches stay inside the arrays
-    narrow, shift = _packing(raw, counts, npt)
-    mask = _low(shift)
+    shift = _packing(raw, counts, npt)
+    narrow, mask = shift == np.uint64(32), _low(shift)
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
         a = acc[t]
@@ -174,7 +174,7 @@ def hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt, counts, nth
     nit = items.shape[0]
     nitems = nit + (list_pix.size + CHUNK - 1) // CHUNK
     last = raw.size - 1
-    _, shift = _packing(raw, counts, npt)
+    shift = _packing(raw, counts, npt)
     mask = _low(shift)
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
