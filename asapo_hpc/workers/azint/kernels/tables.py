@@ -41,11 +41,14 @@ def bin_index(pos, valid, lo, hi, edges, npt, out):
 
 
 @njit(cache=True)
-def _csr_from_counts(counts, npt):
+def _csr_arrays(counts, npt):
+    """The second pass's CSR arrays from the first pass's entries per bin: (indptr, the
+    next free entry of every bin, data, indices)."""
     indptr = np.zeros(npt + 1, np.int32)
     for b in range(npt):
         indptr[b + 1] = indptr[b] + counts[b]
-    return indptr
+    return (indptr, indptr[:-1].copy(), np.empty(indptr[-1], np.float32),
+            np.empty(indptr[-1], np.int32))
 
 
 @njit(cache=True)
@@ -55,10 +58,7 @@ def bbox_csr(center, delta, valid, lo, hi, npt):
     counts = np.zeros(npt, np.int64)
     for two_pass in range(2):
         if two_pass == 1:
-            indptr = _csr_from_counts(counts, npt)
-            fill = indptr[:-1].copy()
-            data = np.empty(indptr[-1], np.float32)
-            indices = np.empty(indptr[-1], np.int32)
+            indptr, fill, data, indices = _csr_arrays(counts, npt)
         for i in range(center.size):
             if not valid[i]:
                 continue
@@ -128,10 +128,7 @@ def full_csr(corner_rad, corner_chi, valid, lo, hi, npt):
     buf = np.empty(npt + 2)
     for two_pass in range(2):
         if two_pass == 1:
-            indptr = _csr_from_counts(counts, npt)
-            fill = indptr[:-1].copy()
-            data = np.empty(indptr[-1], np.float32)
-            indices = np.empty(indptr[-1], np.int32)
+            indptr, fill, data, indices = _csr_arrays(counts, npt)
         for i in range(corner_rad.shape[0]):
             if not valid[i]:
                 continue
