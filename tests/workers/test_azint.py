@@ -857,6 +857,79 @@ def test_thread_chooser_undoes_a_choice_made_while_disturbed(monkeypatch):
     assert all(a != 1 or b != 1 for a, b in zip(later, later[1:], strict=False))
 
 
+def _drive(chooser, calls, seconds):
+    """Pick and record ``calls`` times; ``seconds(call, n)`` is the time of a call."""
+    used = []
+    for call in range(calls):
+        n = chooser.pick()
+        used.append(n)
+        chooser.record(n, seconds(call, n))
+    return used
+
+
+def test_thread_chooser_retries_a_clear_loser_less_and_less(monkeypatch):
+    from asapo_hpc.workers.azint import threads
+
+    chooser = threads.ThreadChooser(explore_every=16, window=5, first_samples=3,
+                                    max_explore_every=256)
+    monkeypatch.setattr(chooser, "options", lambda: [1, 2])
+    used = _drive(chooser, 3000, lambda call, n: 1.0 if n == 2 else 3.0)
+    retries = [i for i in range(8, len(used)) if used[i] == 1]
+    gaps = np.diff(retries).tolist()
+    assert gaps[:4] == [32, 64, 128, 256]  # doubled after every clear loss ...
+    assert set(gaps[4:]) == {256}  # ... up to the cap: still retried, never given up
+    assert retries[0] <= 8 + 16
+
+
+def test_thread_chooser_run_backs_off_on_real_thread_counts(monkeypatch):
+    """Through run(), which sets Numba's thread count around the call (record() must not
+    take its options from inside that)."""
+    from asapo_hpc.workers.azint import threads
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    now = [0.0]
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: now[0])
+
+    def pass_(n):  # 2 threads take 1 s, 1 thread 3 s (a fake clock)
+        now[0] += 1.0 if numba.get_num_threads() == 2 else 3.0
+        return n
+
+    try:
+        chooser = threads.ThreadChooser()
+        used = [chooser.run(pass_) for _ in range(600)]
+    finally:
+        numba.set_num_threads(before)
+    retries = [i for i in range(8, len(used)) if used[i] == 1]
+    assert np.diff(retries).tolist()[:4] == [32, 64, 128, 256]
+
+
+def test_thread_chooser_keeps_retrying_a_close_count_often(monkeypatch):
+    from asapo_hpc.workers.azint import threads
+
+    chooser = threads.ThreadChooser(explore_every=16, window=5, first_samples=3, slack=1.25)
+    monkeypatch.setattr(chooser, "options", lambda: [1, 2])
+    used = _drive(chooser, 400, lambda call, n: 1.0 if n == 2 else 1.2)  # within the slack
+    gaps = set(np.diff([i for i in range(8, len(used)) if used[i] == 1]).tolist())
+    assert gaps == {16}
+
+
+def test_thread_chooser_sees_a_load_on_its_choice_at_once(monkeypatch):
+    from asapo_hpc.workers.azint import threads
+
+    chooser = threads.ThreadChooser(explore_every=16, window=5, first_samples=3)
+    monkeypatch.setattr(chooser, "options", lambda: [1, 2])
+    # 2 threads fast until call 1000, then slowed by another process; 1 thread unchanged
+    used = _drive(chooser, 1020, lambda call, n: (1.0 if call < 1000 else 5.0) if n == 2
+                  else 3.0)
+    assert used[990:1000] == [2] * 10 and 1 not in used[1000:1003]  # the back-off was long
+    # the third slow call moved 2 threads' median of 5: 1 thread from then on, 2 threads
+    # only at its scheduled retry
+    assert used[1003] == 1 and used[1003:].count(2) <= 1
+
+
 def _gap_mask(shape):
     """Lambda-like gaps: masked row bands and column bands (long runs of the flat index)."""
     mask = np.zeros(shape, bool)
