@@ -509,7 +509,8 @@ def test_pixel_table_lists_pairs_not_in_fixed_point():
     np.testing.assert_allclose(kernels.split_pass_u16(raw, *table, 60, 1), csr[:2], rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.int32, np.uint8, np.int16,
+                                   np.int64, np.float32])
 def test_split_pass_matches_reference_csr_pass_and_scipy(dtype):
     """The scipy matrix is built from the fixed-point weights the passes use."""
     from scipy.sparse import csr_matrix
@@ -518,7 +519,7 @@ def test_split_pass_matches_reference_csr_pass_and_scipy(dtype):
     npix, npt = 6000, 60  # the COO lists get their own work items after the pixels
     raw = rng.integers(0, 40, npix).astype(dtype)
     raw[::13] = 0
-    if dtype != np.uint16:
+    if np.dtype(dtype).itemsize >= 4:
         raw[::17] = 2**24 + 1  # not a float32: every path rounds it like pyFAI
     norm = np.ones(npix, np.float32)
     dark = np.zeros(npix, np.float32)
@@ -539,6 +540,33 @@ def test_split_pass_matches_reference_csr_pass_and_scipy(dtype):
                 np.testing.assert_allclose(got, want, rtol=1e-12)
                 np.testing.assert_allclose(got, csr[:2], rtol=1e-12)
                 np.testing.assert_allclose(got[0], m @ r32, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint32, np.int32, np.float32])
+def test_split_pass_in_registers_equals_the_buffered_pass_bit_for_bit(dtype):
+    """Frames of up to 32 bits take four pixels at a time in registers
+    (kernels.split_add4_float), 64-bit ones the block buffer: the same float operations in
+    the same order, so on one thread the same sums bit for bit, values that float32 rounds
+    and zeros included."""
+    rng = np.random.default_rng(21)
+    npix, npt = 4 * kernels.CHUNK + 37, 50  # several items, a block tail, an item tail
+    info = np.finfo(dtype) if np.dtype(dtype).kind == "f" else np.iinfo(dtype)
+    lo, hi = max(info.min, -(2**31)), min(info.max, 2**31)
+    raw = rng.uniform(lo, hi, npix).astype(dtype)
+    raw[::11] = 0
+    if np.dtype(dtype).kind == "f":
+        raw[::5] = raw[::5] * np.float32(1e-30)  # also tiny values under rv = max(r, 1)
+    wide = raw.astype(np.float64 if np.dtype(dtype).kind == "f" else np.int64)
+    bins = rng.integers(0, npt + 1, npix).astype(np.uint16)  # npt: nowhere
+    u = rng.integers(0, kernels.WEIGHT_ONE + 1, npix).astype(np.uint16)
+    u[::3] = 0
+    empty = np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    with _threads(1):
+        got = kernels.split_pass(raw, bins, u, *empty, npt, 1)
+        buffered = kernels.split_pass(wide, bins, u, *empty, npt, 1)
+    np.testing.assert_array_equal(got, buffered)
+    want = reference.split_pass_reference(raw, bins, u, *empty, npt, kernels.WEIGHT_ONE)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_split_pass_u16_exact_up_to_its_bin_limit():

@@ -119,6 +119,47 @@ def add_row4_from(typingctx, flat, row, buf, i):
     return sig, codegen
 
 
+def _pixel_rows(builder, q0, q1, q2, q3):
+    """Four 4-vectors, one quantity of pixels 0..3 each, to one (q0, q1, q2, q3) row per
+    pixel: a 4 x 4 transpose in eight shuffles."""
+    i32 = ir.IntType(32)
+
+    def shuffle(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 4), idx))
+
+    t0, t1 = shuffle(q0, q1, [0, 4, 2, 6]), shuffle(q0, q1, [1, 5, 3, 7])
+    t2, t3 = shuffle(q2, q3, [0, 4, 2, 6]), shuffle(q2, q3, [1, 5, 3, 7])
+    return [shuffle(t0, t2, [0, 1, 4, 5]), shuffle(t1, t3, [0, 1, 4, 5]),
+            shuffle(t0, t2, [2, 3, 6, 7]), shuffle(t1, t3, [2, 3, 6, 7])]
+
+
+def _add_pixel_rows(builder, flat_data, rows, bins_data, p, lane_rows, add):
+    """Row k (pixel p + k) added to row ``k * lane_rows + bins[p + k]`` of ``flat`` (lane
+    k): one 32-byte read-modify-write each."""
+    i64 = ir.IntType(64)
+    rows_ptr = builder.bitcast(flat_data, rows[0].type.as_pointer())
+    bptr = builder.gep(bins_data, [p], inbounds=True)
+    for k in range(4):
+        b = builder.zext(builder.load(builder.gep(bptr, [ir.Constant(i64, k)]), align=2), i64)
+        lane = builder.gep(rows_ptr, [builder.mul(lane_rows, ir.Constant(i64, k))],
+                           inbounds=True)
+        dst = builder.gep(lane, [b], inbounds=True)
+        builder.store(add(builder.load(dst, align=8), rows[k]), dst, align=8)
+
+
+def _load4(builder, data, p, elem, wide):
+    """Elements p .. p + 4 of an array (``elem`` their IR type) as one vector load,
+    zero-extended to 4 x ``wide`` (or as is, when ``wide`` is None)."""
+    ptr = builder.gep(data, [p], inbounds=True)
+    vec = builder.load(builder.bitcast(ptr, ir.VectorType(elem, 4).as_pointer()),
+                       align=elem.width // 8 if isinstance(elem, ir.IntType) else 4)
+    return vec if wide is None else builder.zext(vec, ir.VectorType(wide, 4))
+
+
+def _is_table(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint16
+
+
 @intrinsic
 def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
     """Pixels p .. p + 4 of the uint16 split pass, from the table to the rows in registers.
@@ -133,14 +174,13 @@ def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
     """
     assert SPLIT_LANES == 4, "split_add4_u16 puts pixel p + k into lane k of 4"
     ok = (isinstance(flat, types.Array) and flat.ndim == 1 and flat.dtype == types.uint64
-          and all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint16
-                  for a in (raw, u, bins)))
+          and all(_is_table(a) for a in (raw, u, bins)))
     if not ok:
         return None
     sig = types.void(flat, raw, u, bins, types.uint64, types.intp)
 
     def codegen(context, builder, signature, args):
-        i16, i32, i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        i16, i64 = ir.IntType(16), ir.IntType(64)
         v4 = ir.VectorType(i64, 4)
 
         def data(k):
@@ -149,35 +189,67 @@ def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
         def splat(c):
             return ir.Constant(v4, [ir.Constant(i64, c)] * 4)
 
-        def shuffle(a, b, idx):
-            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 4), idx))
-
-        def load4(k):  # 4 x uint16 -> 4 x uint64
-            ptr = builder.gep(data(k), [args[4]], inbounds=True)
-            vec = builder.load(builder.bitcast(ptr, ir.VectorType(i16, 4).as_pointer()), align=2)
-            return builder.zext(vec, v4)
-
-        bptr = builder.gep(data(3), [args[4]], inbounds=True)
-        bins4 = [builder.zext(builder.load(builder.gep(bptr, [ir.Constant(i64, k)]), align=2),
-                              i64) for k in range(4)]
-        r, w = load4(1), load4(2)
+        r, w = (_load4(builder, data(k), args[4], i16, i64) for k in (1, 2))
         rv = builder.select(builder.icmp_unsigned(">", r, splat(1)), r, splat(1))
         wr = builder.mul(w, r)
         wwrv = builder.mul(builder.mul(w, w), rv)
         v = builder.sub(splat(WEIGHT_ONE), w)
         vvrv = builder.mul(builder.mul(v, v), rv)
-        # 4 x 4 transpose: (r0 wr0 r2 wr2), (r1 wr1 r3 wr3), the same of the variance terms,
-        # then one (r, wr, wwrv, vvrv) row per pixel
-        t0, t1 = shuffle(r, wr, [0, 4, 2, 6]), shuffle(r, wr, [1, 5, 3, 7])
-        t2, t3 = shuffle(wwrv, vvrv, [0, 4, 2, 6]), shuffle(wwrv, vvrv, [1, 5, 3, 7])
-        rows = [shuffle(t0, t2, [0, 1, 4, 5]), shuffle(t1, t3, [0, 1, 4, 5]),
-                shuffle(t0, t2, [2, 3, 6, 7]), shuffle(t1, t3, [2, 3, 6, 7])]
-        rows_ptr = builder.bitcast(data(0), v4.as_pointer())
-        for k in range(4):
-            lane = builder.gep(rows_ptr, [builder.mul(args[5], ir.Constant(i64, k))],
-                               inbounds=True)
-            dst = builder.gep(lane, [bins4[k]], inbounds=True)
-            builder.store(builder.add(builder.load(dst, align=8), rows[k]), dst, align=8)
+        rows = _pixel_rows(builder, r, wr, wwrv, vvrv)
+        _add_pixel_rows(builder, data(0), rows, data(3), args[4], args[5], builder.add)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+#: frame types :func:`split_add4_float` reads (as float32, like pyFAI)
+FLOAT_ROW_FRAMES = (types.uint8, types.uint16, types.uint32, types.int8, types.int16,
+                    types.int32, types.float32)
+
+
+@intrinsic
+def split_add4_float(typingctx, flat, raw, u, bins, p, lane_rows):
+    """Pixels p .. p + 4 of the float split pass (:func:`split_pass`'s block path) in
+    registers, as :func:`split_add4_u16` does for the integer one.
+
+    Pixel p + k adds (c0·r, c0²·rv, c1·r, c1²·rv), r its value as float32 then float64,
+    rv = max(r, 1), c1 = u / WEIGHT_ONE, c0 = 1 - c1, to row ``k * lane_rows + bins[p + k]``
+    of ``flat`` (float64, lane k): the very operations of :func:`_split_sums`, so the same
+    sums bit for bit. Values must be valid (no NaN or dummy: callers check blocks first).
+    """
+    assert SPLIT_LANES == 4, "split_add4_float puts pixel p + k into lane k of 4"
+    ok = (isinstance(flat, types.Array) and flat.ndim == 1 and flat.dtype == types.float64
+          and isinstance(raw, types.Array) and raw.ndim == 1
+          and raw.dtype in FLOAT_ROW_FRAMES and _is_table(u) and _is_table(bins))
+    if not ok:
+        return None
+    sig = types.void(flat, raw, u, bins, types.uint64, types.intp)
+    frame = raw.dtype
+
+    def codegen(context, builder, signature, args):
+        f32, f64 = ir.FloatType(), ir.DoubleType()
+        v4f, v4d = ir.VectorType(f32, 4), ir.VectorType(f64, 4)
+
+        def data(k):
+            return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+        def splat(c):
+            return ir.Constant(v4d, [ir.Constant(f64, c)] * 4)
+
+        if frame == types.float32:
+            r32 = _load4(builder, data(1), args[4], f32, None)
+        else:
+            vals = _load4(builder, data(1), args[4], ir.IntType(frame.bitwidth), None)
+            to_float = builder.sitofp if frame.signed else builder.uitofp
+            r32 = to_float(vals, v4f)  # rounded to float32 as pyFAI reads frames
+        r = builder.fpext(r32, v4d)
+        rv = builder.select(builder.fcmp_ordered(">", r, splat(1.0)), r, splat(1.0))
+        w = builder.uitofp(_load4(builder, data(2), args[4], ir.IntType(16), None), v4d)
+        c1 = builder.fmul(w, splat(1.0 / WEIGHT_ONE))
+        c0 = builder.fsub(splat(1.0), c1)
+        rows = _pixel_rows(builder, builder.fmul(c0, r), builder.fmul(builder.fmul(c0, c0), rv),
+                           builder.fmul(c1, r), builder.fmul(builder.fmul(c1, c1), rv))
+        _add_pixel_rows(builder, data(0), rows, data(3), args[4], args[5], builder.fadd)
         return context.get_dummy_value()
 
     return sig, codegen

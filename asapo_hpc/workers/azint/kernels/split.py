@@ -4,7 +4,8 @@ integers, four pixels at a time) and the CSR gather for frames that need per-pix
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from asapo_hpc.workers.azint.kernels.checks import invalid_value
 from asapo_hpc.workers.azint.kernels.constants import (
@@ -15,10 +16,12 @@ from asapo_hpc.workers.azint.kernels.constants import (
     WEIGHT_ONE,
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (
+    FLOAT_ROW_FRAMES,
     add_row4,
     add_row4_from,
     fetch_add,
     prefetch_nta,
+    split_add4_float,
     split_add4_u16,
 )
 
@@ -121,6 +124,25 @@ def _split_block(raw, bins, u, q, flat, lane_rows, buf):
     _scatter_block(bb, flat, lane_rows, buf)
 
 
+def _float_block(raw, bins, u, q, flat, lane_rows, buf):
+    """Pixels q .. q + PREFETCH_BLOCK of a float split pass, all valid (compiled only)."""
+
+
+@overload(_float_block, inline="always")
+def _float_block_impl(raw, bins, u, q, flat, lane_rows, buf):
+    """Four pixels at a time in registers (:func:`split_add4_float`) for frames of up to
+    32 bits; through the block buffer (:func:`_split_block`) for wider ones. Same sums."""
+    if raw.dtype in FLOAT_ROW_FRAMES and bins.dtype == u.dtype == types.uint16:
+        def in_registers(raw, bins, u, q, flat, lane_rows, buf):
+            for i in range(0, PREFETCH_BLOCK, 4):  # lanes 0 .. 3 (SPLIT_LANES = 4)
+                split_add4_float(flat, raw, u, bins, q + np.uint64(i), lane_rows)
+        return in_registers
+
+    def buffered(raw, bins, u, q, flat, lane_rows, buf):
+        _split_block(raw, bins, u, q, flat, lane_rows, buf)
+    return buffered
+
+
 @njit(inline="always")
 def _prefetch_table(raw, bins, u, p):
     """Prefetch (non-temporal) the lines of pixel p + PREFETCH_AHEAD: one line of each
@@ -140,7 +162,7 @@ def _split_chunk(raw, bins, u, start, stop, flat, lane_rows, buf):
     stop_b = start + (stop - start) // block * block
     for q in range(start, stop_b, block):
         _prefetch_table(raw, bins, u, q)
-        _split_block(raw, bins, u, q, flat, lane_rows, buf)
+        _float_block(raw, bins, u, q, flat, lane_rows, buf)
     for p in range(stop_b, stop):
         _split_pixel(raw, bins, u, p, flat, 0)
 
@@ -303,7 +325,7 @@ def _checked_chunk(raw, bins, u, start, stop, flat, lane_rows, buf, norm, dark, 
         for p in range(q, q + block):
             bad |= invalid_value(np.float32(raw[p]), check_dummy, dummy, delta_dummy)
         if not bad:
-            _split_block(raw, bins, u, q, flat, lane_rows, buf)
+            _float_block(raw, bins, u, q, flat, lane_rows, buf)
             continue
         for p in range(q, q + block):
             _checked_pixel(raw, bins, u, p, flat, norm, dark, check_dummy, dummy,
