@@ -2,11 +2,12 @@
 
     python bench/plot.py [NAME ...] [--dir DIR]
 
-Without names it draws every benchmark whose JSON exists (transport, handoff, azint, stitch,
-sink, catalog, pipeline) and says which it skipped. Each benchmark also calls ``draw`` for
-its own result when it has written it. Every PNG is titled with the machine the JSON
-records (or says it records none), when the JSON was written, and the command that made it:
-the one recorded in the JSON, or one rebuilt from the settings the JSON holds (marked so).
+Without names it draws every benchmark whose JSON exists (transport, handoff, azint,
+row_updates, stitch, sink, catalog, pipeline) and says which it skipped. Each benchmark also
+calls ``draw`` for its own result when it has written it. Every PNG is titled with the
+machine the JSON records (or says it records none), when the JSON was written, and the
+command that made it: the one recorded in the JSON, or one rebuilt from the settings the
+JSON holds (marked so).
 Targets are dashed lines: from the JSON where it holds them, else from docs/benchmarks.md.
 Only the Agg canvas is used (no display, no pyplot state), so it runs anywhere.
 """
@@ -292,6 +293,34 @@ def azint_command(doc: dict) -> str:
             + REBUILT)
 
 
+# --- row updates -------------------------------------------------------------------------
+
+
+def row_updates_figure(doc: dict) -> Figure:
+    """ns per update: the bare loop by row width (L1-sized tables of 1000 rows, random rows
+    and runs of 3), then the integration passes per update."""
+    bare = [r for r in doc["bare"] if r["rows"] == 1000]
+    fig = new_figure(1, bars=len(bare) + len(doc["passes"]) + 1)
+    labels = [f"bare loop, {r['bytes']} B rows, {r['pattern']}" for r in bare]
+    values = [r["ns"] for r in bare]
+    texts = [f"{r['ns']:.3f} ns ({r['table_kb']:.0f} kB table)" for r in bare]
+    colors = [PEER] * len(bare)
+    for p in doc["passes"]:
+        labels.append(f"pass: {p['pass_']}")
+        values.append(p["ns"])
+        texts.append(f"{p['ns']:.3f} ns per update ({p['ms']:.2f} ms a frame)")
+        colors.append(OURS)
+    hbars(fig.axes[0], labels, values, texts, colors)
+    fig.axes[0].set_xlabel("ns per row update, one thread")
+    fig.axes[0].set_title("a pass at or below the bare loop's cost is bound by its updates",
+                          fontsize=10, loc="left")
+    return fig
+
+
+def row_updates_command(doc: dict) -> str:
+    return f"python bench/row_updates.py --repeats {doc.get('repeats', 7)}" + REBUILT
+
+
 # --- stitch ------------------------------------------------------------------------------
 
 
@@ -567,6 +596,7 @@ BENCHES: dict[str, Bench] = {
     "transport": Bench(transport_figure, transport_machine, transport_command),
     "handoff": Bench(handoff_figure, no_machine, handoff_command),
     "azint": Bench(azint_figure, azint_machine, azint_command),
+    "row_updates": Bench(row_updates_figure, azint_machine, row_updates_command),
     "stitch": Bench(stitch_figure, stitch_machine, stitch_command),
     "sink": Bench(sink_figure, sink_machine, sink_command),
     "catalog": Bench(catalog_figure, catalog_machine, catalog_command),

@@ -160,6 +160,15 @@ DOCS = {
         "asapo-ring reserve/commit": [250_000.0, 200_000.0, 320_000.0],
         "shm + index queues": [36_000.0, 35_000.0, 38_000.0]}},
     "azint": azint_doc,
+    "row_updates": lambda: {
+        "repeats": 3, "started_unix": 1_795_499_807.5,
+        "bare": [{"bytes": b, "rows": rows, "table_kb": rows * b / 1024, "pattern": pattern,
+                  "ns": 0.4 + b / 64} for b in (8, 16, 32, 64) for rows in (256, 1000)
+                 for pattern in ("random", "runs of 3")],
+        "passes": [{"pass_": "no split, pairs (16 B, 1 per 2 px)", "ms": 2.7,
+                    "updates": 4_718_592, "ns": 0.57, "ns_per_pixel": 0.29},
+                   {"pass_": "bbox, uint16 (32 B, 1 per px)", "ms": 5.9,
+                    "updates": 9_437_184, "ns": 0.62, "ns_per_pixel": 0.62}]},
     "stitch": stitch_doc,
     "sink": sink_doc,
     "catalog": catalog_doc,

@@ -1,0 +1,160 @@
+"""What one scattered histogram update costs on this machine, next to what the radial
+integration passes spend per update.
+
+Every per-frame pass of ``asapo_hpc.workers.azint`` is, at heart, a loop of read-modify-writes
+of histogram rows chosen by a per-pixel index: the no-split pair pass one 16-byte update per
+two pixels, the one-pixel pass one 8-byte update per pixel, the split passes one 32-byte
+update per pixel. This bench times the bare loop (load an index and a value, add the value to
+the indexed row: 8, 16, 32 or 64 bytes) over rows in tables of several sizes, random
+rows (no chains of equal rows) and runs of 3 equal rows (the passes' typical run length), on
+one thread; then the passes themselves on one thread (3072 x 3072 uint16 frame, 1000 bins,
+as ``bench/azint.py``), per update. A pass at or below the bare loop's cost per update is
+bound by its updates, not by its arithmetic or its memory reads. Never asserts.
+
+    python bench/row_updates.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import import_module
+from pathlib import Path
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+WIDTHS = (1, 2, 4, 8)  # uint64 per row: 8, 16, 32, 64 bytes
+ROWS = (256, 1000, 4000)
+
+
+def _row_add(width: int):
+    """An intrinsic ``flat[width*row : width*(row+1)] += value`` (one vector add)."""
+
+    @intrinsic
+    def add(typingctx, flat, row, value):
+        sig = types.void(flat, types.uint64, types.uint64)
+
+        def codegen(context, builder, signature, args):
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            vty = ir.VectorType(i64, width) if width > 1 else i64
+            data = context.make_array(signature.args[0])(context, builder, args[0]).data
+            dst = builder.gep(builder.bitcast(data, vty.as_pointer()), [args[1]], inbounds=True)
+            val = args[2]
+            if width > 1:  # the value in every lane
+                one = builder.insert_element(ir.Constant(vty, ir.Undefined), val,
+                                             ir.Constant(i32, 0))
+                val = builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined),
+                                             ir.Constant(ir.VectorType(i32, width), [0] * width))
+            builder.store(builder.add(builder.load(dst, align=8), val), dst, align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @njit
+    def loop(flat, rows, values):
+        for i in range(rows.size):
+            add(flat, np.uint64(rows[i]), np.uint64(values[i]))
+
+    return loop
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # compilation, first touch
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bare_updates(repeats: int, n: int = 1 << 22) -> list[dict]:
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 100, n).astype(np.uint16)
+    out = []
+    for width in WIDTHS:
+        loop = _row_add(width)
+        for nrows in ROWS:
+            flat = np.zeros(nrows * width, np.uint64)
+            for pattern, rows in (("random", rng.integers(0, nrows, n)),
+                                  ("runs of 3", np.arange(n) // 3 % nrows)):
+                rows = rows.astype(np.uint16)
+                t = median_time(lambda: loop(flat, rows, values), repeats)  # noqa: B023
+                out.append(dict(bytes=8 * width, rows=nrows, table_kb=flat.nbytes / 1024,
+                                pattern=pattern, ns=t / n * 1e9))
+    return out
+
+
+def passes_per_update(repeats: int) -> list[dict]:
+    """The integration passes on one thread, ns per update (and per pixel)."""
+    from asapo_hpc.geometry import PixelDetector, PoniGeometry
+    from asapo_hpc.workers.azint import AzimuthalIntegrator, kernels
+
+    n, pix, npt = 3072, 55e-6, 1000
+    ai = AzimuthalIntegrator(PoniGeometry(0.2, n / 2 * pix, n / 2 * pix),
+                             PixelDetector.regular((n, n), pix, pix))
+    raw = np.random.default_rng(0).poisson(100, n * n).astype(np.uint16)
+    out = []
+    for method in ("no", "bbox"):
+        ai.integrate1d(raw.reshape(n, n), npt, unit="2th_deg", method=method)
+    corr = ai._corrections[("no", "histogram")][1]
+    items, counts = corr.work_items(0, raw.size), corr.item_counts(0, raw.size)
+    pairs = corr.pair_tables(0, raw.size)
+    runs = {
+        "no split, pairs (16 B, 1 per 2 px)": (
+            lambda: kernels.hist_pairs_items(raw, items, *pairs, npt, counts, 1),
+            pairs[0].size + pairs[2].size),
+        "no split, one pixel (8 B, 1 per px)": (
+            lambda: kernels.hist_packed_items(raw, corr.bins, items, npt, counts, 1),
+            raw.size),
+    }
+    table = ai._corrections[("bbox", "csr")][1].table
+    runs["bbox, uint16 (32 B, 1 per px)"] = (
+        lambda: kernels.split_pass_u16(raw, *table, npt, 1), raw.size + table[2].size)
+    numba.set_num_threads(1)
+    try:
+        for name, (fn, updates) in runs.items():
+            t = median_time(fn, repeats)
+            out.append(dict(pass_=name, ms=t * 1e3, updates=updates, ns=t / updates * 1e9,
+                            ns_per_pixel=t / raw.size * 1e9))
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    started = time.time()
+    bare = bare_updates(args.repeats)
+    passes = passes_per_update(args.repeats)
+    print("bare loop, one thread: ns per update (index and value loaded, row added)")
+    print(f"{'row':>5} {'rows':>6} {'table kB':>9} {'random':>8} {'runs of 3':>10}")
+    for i in range(0, len(bare), 2):
+        a, b = bare[i], bare[i + 1]
+        print(f"{a['bytes']:4d}B {a['rows']:6d} {a['table_kb']:9.1f} {a['ns']:8.3f} "
+              f"{b['ns']:10.3f}")
+    print("passes, one thread (3072 x 3072 uint16, 1000 bins):")
+    for p in passes:
+        print(f"  {p['pass_']:<38} {p['ms']:6.2f} ms  {p['ns']:.3f} ns per update, "
+              f"{p['ns_per_pixel']:.3f} ns per pixel")
+    out = Path(__file__).parent / "results" / "row_updates.json"
+    out.write_text(json.dumps(dict(repeats=args.repeats, started_unix=started,
+                                   machine=platform.platform(), cpus=os.cpu_count(),
+                                   bare=bare, passes=passes), indent=1))
+    print(f"wrote {out}")
+    # bench/plot.py: module "plot" when run as python bench/row_updates.py
+    import_module(f"{__package__}.plot" if __package__ else "plot").draw("row_updates")
+
+
+if __name__ == "__main__":
+    main()
