@@ -6,15 +6,15 @@ end to end (``integrate1d``: argument checks, cache look-ups, the per-frame kern
 result arrays), after enough warm-up calls for its per-pass thread-count choice to settle,
 as in a stream of frames ("thr": the count it runs next). Also prints the per-frame kernel
 alone (same arrays) on 1 thread and on all, and the memory-bandwidth floor of the pass:
-the bytes it must read (frame + per-pixel tables: no split 1 B of pair entry per pixel and the
-short list of pixels not in pairs, or a 2 B bin index where the one-pixel pass runs; split
-modes a bin index, a uint16 fixed-point weight and the short list of 3+-bin pixels) / the
-machine's streaming-read rate, measured in the same run, the higher of numpy's one-thread sum and a
-Numba sum on every thread. "% floor" is floor / end-to-end time, "kern %" floor / the
-faster kernel-alone time, "% 1t fl" "% floor" against numpy's one-thread read rate (the
-definition used before), "% CSR fl" the same as "% floor" with the bytes of the CSR
-matrix (reference only: that is more bytes than the pass needs). Prints a table and writes
-bench/results/azint.json; never asserts.
+the bytes it must read (frame + per-pixel tables: no split 2 B of quad entry per four
+pixels and the short list of pixels not in quads, or a 2 B bin index where the one-pixel pass
+runs; split modes a bin index, a uint16 fixed-point weight and the short list of 3+-bin
+pixels) / the machine's streaming-read rate, measured in the same run, the higher of numpy's
+one-thread sum and a Numba sum on every thread. "% floor" is floor / end-to-end time,
+"kern %" floor / the faster kernel-alone time, "% 1t fl" "% floor" against numpy's
+one-thread read rate (the definition used before), "% CSR fl" the same as "% floor" with
+the bytes of the CSR matrix (reference only: that is more bytes than the pass needs).
+Prints a table and writes bench/results/azint.json; never asserts.
 
     python bench/azint.py [--repeats N] [--size N] [--warmup N] [--frame-types]
 """
@@ -114,20 +114,20 @@ def main() -> None:
         key = ("no", "histogram") if method == "no" else (method, "csr")
         corr = ours._corrections[key][1]
         raw = frame.ravel()
-        if method == "no":  # the integrator's call: cached work items, counts, pair tables
+        if method == "no":  # the integrator's call: cached work items, counts, quad tables
             items, counts = corr.work_items(0, raw.size), corr.item_counts(0, raw.size)
-            pairs = corr.pair_tables(0, raw.size)
-            if pairs is None:
+            quads = corr.quad_tables(0, raw.size)
+            if quads is None:
                 def fn(raw, bins, npt, nt, items=items, counts=counts):
                     return kernels.hist_packed_items(raw, bins, items, npt, counts, nt)
 
                 name, arrays = "hist_packed", (raw, corr.bins)
             else:
-                def fn(raw, pidx, off, lpix, lbin, npt, nt, items=items, counts=counts):
-                    return kernels.hist_pairs_items(raw, items, pidx, off, lpix, lbin,
-                                                        npt, counts, nt)
+                def fn(raw, qidx, off, lpix, lbin, npt, nt, items=items, counts=counts):
+                    return kernels.hist_quads_items(raw, items, qidx, off, lpix, lbin, npt,
+                                                    counts, nt)
 
-                name, arrays = "hist_pairs", (raw, *pairs)
+                name, arrays = "hist_quads", (raw, *quads)
         else:
             name, fn, arrays = "split_pass_u16", kernels.split_pass_u16, (raw, *corr.table)
         nthreads = ours._threads[name].pick()  # what the integrator runs next

@@ -2,8 +2,8 @@
 integration passes spend per update.
 
 Every per-frame pass of ``asapo_hpc.workers.azint`` is, at heart, a loop of read-modify-writes
-of histogram rows chosen by a per-pixel index: the no-split pair pass one 16-byte update per
-two pixels, the one-pixel pass one 8-byte update per pixel, the split passes one 32-byte
+of histogram rows chosen by a per-pixel index: the no-split quad pass one 32-byte update per
+four pixels, the one-pixel pass one 8-byte update per pixel, the split passes one 32-byte
 update per pixel. This bench times the bare loop (load an index and a value, add the value to
 the indexed row: 8, 16, 32 or 64 bytes) over rows in tables of several sizes, random
 rows (no chains of equal rows) and runs of 3 equal rows (the passes' typical run length), on
@@ -107,11 +107,11 @@ def passes_per_update(repeats: int) -> list[dict]:
         ai.integrate1d(raw.reshape(n, n), npt, unit="2th_deg", method=method)
     corr = ai._corrections[("no", "histogram")][1]
     items, counts = corr.work_items(0, raw.size), corr.item_counts(0, raw.size)
-    pairs = corr.pair_tables(0, raw.size)
+    quads = corr.quad_tables(0, raw.size)
     runs = {
-        "no split, pairs (16 B, 1 per 2 px)": (
-            lambda: kernels.hist_pairs_items(raw, items, *pairs, npt, counts, 1),
-            pairs[0].size + pairs[2].size),
+        "no split, quads (32 B, 1 per 4 px)": (
+            lambda: kernels.hist_quads_items(raw, items, *quads, npt, counts, 1),
+            quads[0].size + quads[2].size),
         "no split, one pixel (8 B, 1 per px)": (
             lambda: kernels.hist_packed_items(raw, corr.bins, items, npt, counts, 1),
             raw.size),

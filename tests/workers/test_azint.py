@@ -252,22 +252,22 @@ def test_no_split_matches_pyfai(pair, frame, unit):
     assert ours.engine.endswith("no_histogram_numba") and ours.count.sum() == frame.size
 
 
-@pytest.mark.parametrize("npt, pairs", [(60, True), (3000, False)])
-def test_no_split_pair_pass_or_one_pixel_pass_both_match_pyfai(frame, npt, pairs):
-    """Bins wider than pixels: the pair pass runs; bins narrower than pixels (most pairs
+@pytest.mark.parametrize("npt, quads", [(60, True), (3000, False)])
+def test_no_split_quad_pass_or_one_pixel_pass_both_match_pyfai(frame, npt, quads):
+    """Bins wider than pixels: the quad pass runs; bins narrower than pixels (most quads
     listed): the one-pixel pass. Both equal pyFAI and the one-pixel pass bit for bit."""
     ai, pai = make_pair(GEOMETRIES["off-centre"])
     ours = ai.integrate1d(frame, npt, unit="2th_deg", method="no")
     corr = ai._corrections[("no", "histogram")][1]
-    tables = corr.pair_tables(0, frame.size)
-    assert (tables is not None) == pairs
+    tables = corr.quad_tables(0, frame.size)
+    assert (tables is not None) == quads
     theirs = pai.integrate1d(frame, npt, unit="2th_deg", method=PYFAI_METHOD["no"],
                              error_model="poisson")
     assert_close_to_pyfai(ours, theirs)
     sig, var = kernels.hist_packed(frame.ravel(), corr.bins, npt, 2)
     np.testing.assert_array_equal(ours.sum_signal, sig)
     np.testing.assert_array_equal(ours.sum_variance, var)
-    if pairs:  # the few listed pixels: mask edges, pairs across the beam centre
+    if quads:  # the few listed pixels: mask edges, quads across the beam centre
         assert tables[2].size < 0.05 * frame.size
 
 
@@ -635,7 +635,7 @@ def test_packed_pass_is_exact_at_the_narrow_packing_limit(per_bin):
     items = kernels.chunk_items(bins.size)
     counts = kernels.item_counts(bins, items, npt)
     for sig, var in (kernels.hist_packed(raw, bins, npt, 2),
-                     _pair_pass(raw, bins, items, npt, counts, 2)):
+                     _quad_pass(raw, bins, items, npt, counts, 2)):
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
 
@@ -660,7 +660,7 @@ def test_packed_passes_sum_uint32_frames_exactly(pixels):
     for nthreads in (1, 2):
         with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
             for sig, var in (kernels.hist_packed_items(raw, bins, items, npt, counts, nthreads),
-                             _pair_pass(raw, bins, items, npt, counts, nthreads)):
+                             _quad_pass(raw, bins, items, npt, counts, nthreads)):
                 assert [int(x) for x in sig] == exact  # exact in float64: < 2^53
                 assert [int(x) for x in var] == [e + z for e, z in zip(exact, zeros,
                                                                       strict=True)]
@@ -699,19 +699,20 @@ def test_uint32_and_uint16_frames_of_the_same_counts_integrate_alike(pair, frame
     np.testing.assert_allclose(a.sigma, b.sigma, rtol=1e-12)
 
 
-def _pair_pass(raw, bins, items, npt, counts, nthreads):
-    pidx, off, list_pix, list_bin, _ = kernels.pair_table(bins, items, npt)
-    return kernels.hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt,
-                                        counts, nthreads)
+def _quad_pass(raw, bins, items, npt, counts, nthreads):
+    qidx, off, list_pix, list_bin, _ = kernels.quad_table(bins, items, npt)
+    return kernels.hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts,
+                                    nthreads)
 
 
 def _walk_bins(rng, n, npt):
     """Bins as an image row gives them: steps of -1, 0, +1, now and then a jump or a
-    masked stretch (npt), clipped to 0 .. npt - 1."""
+    masked stretch (npt); from the middle bin, reflected at 0 and npt - 1."""
     steps = rng.choice([-1, 0, 0, 1], n)
     jumps = rng.random(n) < 0.01
     steps[jumps] = rng.integers(2, 30, int(jumps.sum())) * rng.choice([-1, 1], int(jumps.sum()))
-    bins = np.clip(np.cumsum(steps) % (2 * npt) - npt // 2, 0, npt - 1)
+    walk = (np.cumsum(steps) + npt // 2) % (2 * npt)
+    bins = np.where(walk < npt, walk, 2 * npt - 1 - walk)
     for start in rng.integers(0, n, 6):
         bins[start:start + rng.integers(1, 80)] = npt
     return bins.astype(np.uint16)
@@ -730,37 +731,47 @@ def _cut_items(rng, raw, bins, npt, cuts, extra):
     return items, take, exact, zeros
 
 
-def test_pair_pass_equals_the_exact_sums_for_items_cut_anywhere():
-    """The pair pass: pairs of bins b, b + {0, 1, -1} through entries, the rest (jumps,
-    a masked and a valid pixel, an odd item's last pixel) listed; items starting and
-    ending at odd pixels, inside a prefetch block and at the last pixel."""
+@pytest.mark.parametrize("npt", [60, kernels.QUAD_TWO_LANES_BELOW, 5000])
+def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
+    """The quad pass: quads whose bins step by 0 or +1 (or 0 or -1) through entries, the
+    rest (jumps, up then down, a masked pixel, an item's last 1 to 3 pixels) listed; items
+    starting and ending anywhere, inside a prefetch block and at the last pixel. One and
+    two sub-histograms (npt below and at QUAD_TWO_LANES_BELOW); uint32 entries (npt 5000:
+    15 x 5001 entries do not fit uint16)."""
     rng = np.random.default_rng(12)
-    n, npt = 20000, 60
+    n = 20000
     raw = rng.integers(0, 400, n).astype(np.uint16)
     raw[rng.random(n) < 0.2] = 0
     raw[::97] = 65535
     bins = _walk_bins(rng, n, npt)
     items, _, exact, zeros = _cut_items(rng, raw, bins, npt, [0, 1, 31, 33, 100, 1090, 1091,
-                                                              4967, 19999, n], 30)
+                                                              4967, 19998, n], 30)
     counts = kernels.item_counts(bins, items, npt)
-    pidx, off, list_pix, list_bin, listed = kernels.pair_table(bins, items, npt)
+    qidx, off, list_pix, list_bin, listed = kernels.quad_table(bins, items, npt)
+    assert qidx.dtype == (np.uint16 if npt < 4000 else np.uint32)
     assert listed > 0 and list_pix.size > 0  # jumps and mask edges were listed
-    # every entry names its pair's bins; listed pixels are exactly those of other pairs
-    first = np.concatenate([np.arange(i0, i0 + 2 * (off[c + 1] - off[c]), 2)
+    # every entry names its quad's bins; listed pixels are exactly those of other quads
+    first = np.concatenate([np.arange(i0, i0 + 4 * (off[c + 1] - off[c]), 4)
                             for c, (i0, _) in enumerate(items)])
-    b0, b1 = bins[first].astype(int), bins[first + 1].astype(int)
-    kind = pidx % kernels.PAIR_TYPES
-    paired = pidx // kernels.PAIR_TYPES < npt
-    np.testing.assert_array_equal(pidx[paired] // kernels.PAIR_TYPES, b0[paired])
-    np.testing.assert_array_equal((b1 - b0)[paired], np.array([0, 1, -1])[kind[paired]])
-    odd_last = [stop - 1 for start, stop in items if (stop - start) % 2]
-    want = np.sort(np.concatenate([first[~paired], first[~paired] + 1, odd_last]))
+    quad_bins = bins[first[:, None] + np.arange(4)].astype(int)
+    kind, base = qidx // (npt + 1), qidx % (npt + 1)
+    typed = qidx != npt
+    assert (kind[typed] < kernels.QUAD_TYPES).all()
+    np.testing.assert_array_equal(base[typed], quad_bins[typed, 0])
+    np.testing.assert_array_equal(quad_bins[typed] - quad_bins[typed, :1],
+                                  kernels.QUAD_OFFSETS[kind[typed]])
+    steps = np.diff(quad_bins[~typed], axis=1)  # untyped: masked, or steps of no type
+    assert ((quad_bins[~typed] == npt).any(axis=1) | (np.abs(steps) > 1).any(axis=1)
+            | ((steps > 0).any(axis=1) & (steps < 0).any(axis=1))).all()
+    assert set(kind[typed]) == set(range(kernels.QUAD_TYPES))  # the walk meets every type
+    tails = [np.arange(start + 4 * ((stop - start) // 4), stop) for start, stop in items]
+    want = np.sort(np.concatenate([(first[~typed, None] + np.arange(4)).ravel(), *tails]))
     want = want[bins[want] != npt]
     np.testing.assert_array_equal(np.sort(list_pix), want)
     np.testing.assert_array_equal(list_bin, bins[list_pix])
     for nthreads in (1, 2, 3):
         with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
-            sig, var = _pair_pass(raw, bins, items, npt, counts, nthreads)
+            sig, var = _quad_pass(raw, bins, items, npt, counts, nthreads)
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
 

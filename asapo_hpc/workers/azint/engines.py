@@ -35,10 +35,10 @@ RUN_MIN_GAP = 64
 #: The no-split passes skip masked runs only if that cuts the pixels read by this fraction.
 RUN_MIN_SAVING = 0.10
 
-#: The no-split uint16 / uint32 pass reads pixel pairs (:func:`kernels.hist_pairs_items`) unless
-#: more than this fraction of the pairs must be listed (bins narrower than pixels: the
-#: one-pixel pass is then faster), or the entries overflow uint16 (npt > 21 844).
-PAIRS_MAX_LISTED = 0.05
+#: The no-split uint16 / uint32 pass reads pixel quads (:func:`kernels.hist_quads_items`)
+#: unless more than this fraction of the quads must be listed (bins narrower than pixels:
+#: the one-pixel pass is then faster).
+QUADS_MAX_LISTED = 0.05
 
 #: Split modes gather through the CSR matrix instead of the pixel-table passes when the
 #: table lists more entries than this per pixel (bins narrower than pixels). 512 x 512,
@@ -272,7 +272,7 @@ class Corrections:
         self._table_parts: dict[tuple[int, int], tuple] = {}
         self._items: dict[tuple[int, int], np.ndarray] = {}
         self._counts: dict[tuple[int, int], np.ndarray] = {}
-        self._pairs: dict[tuple[int, int], tuple | None] = {}
+        self._quads: dict[tuple[int, int], tuple | None] = {}
 
     def work_items(self, start: int, stop: int) -> np.ndarray:
         """(start, stop) work items of the no-split passes over pixels ``start .. stop``
@@ -310,20 +310,17 @@ class Corrections:
             return self.norm.size
         return kernels.PACK48_MAX_BIN_PIXELS
 
-    def pair_tables(self, start: int, stop: int) -> tuple | None:
-        """Tables of the pair pass over ``work_items(start, stop)`` (pidx, off, listed
-        pixels, their bins; see :func:`kernels.pair_table`), or None where the one-pixel
-        pass is the faster (:data:`PAIRS_MAX_LISTED`); cached."""
+    def quad_tables(self, start: int, stop: int) -> tuple | None:
+        """Tables of the quad pass over ``work_items(start, stop)`` (qidx, off, listed
+        pixels, their bins; see :func:`kernels.quad_table`), or None where the one-pixel
+        pass is the faster (:data:`QUADS_MAX_LISTED`); cached."""
         key = (start, stop)
-        if key not in self._pairs:
-            tables = None
-            if kernels.PAIR_TYPES * (self.npt + 1) <= np.iinfo(np.uint16).max:
-                *tables, listed = kernels.pair_table(self.bins[start:stop],
-                                                    self.work_items(start, stop), self.npt)
-                if listed > PAIRS_MAX_LISTED * max(1, tables[0].size):
-                    tables = None
-            self._pairs[key] = None if tables is None else tuple(tables)
-        return self._pairs[key]
+        if key not in self._quads:
+            *tables, listed = kernels.quad_table(self.bins[start:stop],
+                                                 self.work_items(start, stop), self.npt)
+            many = listed > QUADS_MAX_LISTED * max(1, tables[0].size)
+            self._quads[key] = None if many else tuple(tables)
+        return self._quads[key]
 
     def table_part(self, start: int, stop: int) -> tuple:
         """The pixel table of pixels ``start .. stop`` (a module part), indexed from 0.

@@ -359,13 +359,13 @@ class AzimuthalIntegrator:
                 j = min(stop, i + step)
                 part, items, counts = raw[i - start:j - start], corr.work_items(i, j), \
                     corr.item_counts(i, j)
-                pairs = corr.pair_tables(i, j)
-                if pairs is None:
+                quads = corr.quad_tables(i, j)
+                if quads is None:
                     sig, var = self._run("hist_packed", kernels.hist_packed_items,
                                          part, corr.bins[i:j], items, engine.npt, counts)
                 else:
-                    sig, var = self._run("hist_pairs", kernels.hist_pairs_items,
-                                         part, items, *pairs, engine.npt, counts)
+                    sig, var = self._run("hist_quads", kernels.hist_quads_items,
+                                         part, items, *quads, engine.npt, counts)
                 out[0] += sig
                 out[1] += var
             return out

@@ -1,6 +1,6 @@
 """Numba kernels for radial integration; each has a NumPy twin in :mod:`..reference`.
 
-Per-frame kernels read only the frame and per-pixel tables: pixel pairs' histogram entries
+Per-frame kernels read only the frame and per-pixel tables: pixel quads' histogram entries
 or a bin index (no split, :mod:`.nosplit`), a pixel-major table (split modes, integer
 frames: first bin + one uint16 fixed-point weight per pixel, the few pixels over 3+ bins in
 a short list; uint16 frames summed in exact integers) or the CSR matrix (split modes with
@@ -23,10 +23,12 @@ from asapo_hpc.workers.azint.kernels.constants import (  # noqa: F401 - the pack
     PACK48_SHIFT,
     PACK_MAX_PIXELS,
     PACK_SHIFT,
-    PAIR_LANES,
-    PAIR_TYPES,
     PREFETCH_AHEAD,
     PREFETCH_BLOCK,
+    QUAD_OFFSETS,
+    QUAD_TWO_LANES_BELOW,
+    QUAD_TYPE_OF_STEPS,
+    QUAD_TYPES,
     SPLIT_LANES,
     SPLIT_U16_MAX_BIN_PIXELS,
     WEIGHT_ONE,
@@ -35,11 +37,12 @@ from asapo_hpc.workers.azint.kernels.finish import (  # noqa: F401 - the package
     finish_1d,
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (  # noqa: F401 - the package's names
-    add_pairs4,
+    add_quad,
     add_row4,
     add_row4_from,
     fetch_add,
     prefetch_nta,
+    split_add4_float,
     split_add4_u16,
 )
 from asapo_hpc.workers.azint.kernels.nosplit import (  # noqa: F401 - the package's names
@@ -47,7 +50,7 @@ from asapo_hpc.workers.azint.kernels.nosplit import (  # noqa: F401 - the packag
     hist_checked_items,
     hist_packed,
     hist_packed_items,
-    hist_pairs_items,
+    hist_quads_items,
 )
 from asapo_hpc.workers.azint.kernels.split import (  # noqa: F401 - the package's names
     csr_pass,
@@ -64,8 +67,8 @@ from asapo_hpc.workers.azint.kernels.tables import (  # noqa: F401 - the package
     hist_static_sums,
     item_counts,
     n_chunks,
-    pair_table,
     pixel_table,
+    quad_table,
     quantize_pairs,
     valid_runs,
 )

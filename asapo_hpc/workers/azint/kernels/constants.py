@@ -1,6 +1,8 @@
 """Layout and tuning constants the kernels share: packing of integer sums, sub-histogram
 lanes, work items, fixed-point weights and prefetch distances."""
 
+import numpy as np
+
 #: Packed integer sums of uint16 frames: each pixel adds (raw - 1) mod 2^PACK_SHIFT, so a
 #: zero adds 2^PACK_SHIFT - 1 = -1 + 2^PACK_SHIFT. A bin's N pixels (a static count) sum to
 #: Σraw - N + zeros·2^PACK_SHIFT: with N added back, the low bits are Σraw and the bits above
@@ -25,15 +27,36 @@ PACK48_MAX_BIN_PIXELS = (1 << 16) - 1
 #: bins (at most 22 k pixels a bin): 3.62 -> 3.41 ms on one thread.
 PACK32_MAX_BIN_PIXELS = 65537
 
-#: The pair pass (:func:`hist_pairs_items`): pixels 2k, 2k + 1 of a work item share
-#: one entry ``3·b + t`` of its histogram, t = 0 (both in bin b), 1 (second in b + 1),
-#: 2 (second in b - 1), two uint64 (one per pixel) added as one 16-byte vector: half the
-#: updates and loads of the one-pixel pass (3072 x 3072, 1000 bins, one thread: 3.5 ->
-#: 2.7 ms). Pairs whose bins are further apart are listed and added one pixel at a time.
-PAIR_TYPES = 3
+def _quad_types() -> np.ndarray:
+    """Bin offsets of a quad's four pixels from its first pixel's bin: steps of 0 or +1
+    from pixel to pixel, or of 0 or -1 (8 + 7 types, the flat quad first)."""
+    rising = [(0, a, a + b, a + b + c) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    falling = [tuple(-d for d in t) for t in rising if any(t)]
+    return np.array(rising + falling, np.int64)
 
-#: Sub-histograms of the pair pass (consecutive pairs into different ones: 1 and 4 slower)
-PAIR_LANES = 2
+
+#: The quad pass (:func:`hist_quads_items`): pixels 4k .. 4k + 3 of a work item whose bins
+#: step by 0 or +1 from pixel to pixel (or by 0 or -1) add their four packed values as one
+#: 32-byte vector to entry ``T·(npt + 1) + b`` of the histogram, b the first pixel's bin
+#: and T the quad's type, its bins' offsets from b (row T of QUAD_OFFSETS); the finish adds
+#: slot k of the entry to bin b + QUAD_OFFSETS[T, k]. A quarter of the one-pixel pass's
+#: updates and half the pair pass's it replaced (3072 x 3072, 1000 bins, one thread: pairs
+#: 2.7 ms, quads 2.1-2.2 ms). Quads of other bins are listed, one pixel at a time.
+QUAD_OFFSETS = _quad_types()
+QUAD_TYPES = len(QUAD_OFFSETS)
+
+#: Type of a quad by its three steps: QUAD_TYPE_OF_STEPS[s1 + 1, s2 + 1, s3 + 1], -1 for
+#: steps no type has (a jump of 2 or more, or up then down)
+QUAD_TYPE_OF_STEPS = np.full((3, 3, 3), -1, np.int64)
+for _t, _d in enumerate(QUAD_OFFSETS):
+    QUAD_TYPE_OF_STEPS[tuple(np.diff(_d) + 1)] = _t
+
+#: The quad pass puts consecutive quads into two sub-histograms below this many bins (wide
+#: bins: long runs of one entry, whose store-to-load chains a second one breaks) and into one
+#: from it on (the entries of one already spill from L1). 3072 x 3072, 2 threads, one / two
+#: sub-histograms: 100 bins 1.29 / 0.99 ms, 300 1.18 / 1.02, 600 0.95 / 1.04, 1000 1.14 /
+#: 1.28, 2000 1.18 / 1.42.
+QUAD_TWO_LANES_BELOW = 450
 
 #: Pixels per work item of the per-frame passes (a multiple of the lane counts). Threads take
 #: items from a shared atomic counter (a core busy with another process takes fewer) and add

@@ -1,6 +1,6 @@
 """LLVM intrinsics of the per-frame passes: the atomic work-item counter, a non-temporal
 prefetch, and the vector read-modify-writes of histogram rows (per pixel, four pixels at a
-time, or per pixel pair) that LLVM does not form on its own."""
+time, or per quad of pixels) that LLVM does not form on its own."""
 
 from __future__ import annotations
 
@@ -256,44 +256,50 @@ def split_add4_float(typingctx, flat, raw, u, bins, p, lane_rows):
 
 
 @intrinsic
-def add_pairs4(typingctx, flat, raw, pidx, p, k, lane0, lane1, mask):
-    """Pixels p .. p + 4 of :func:`hist_pairs_items` as two pairs (``p`` a pixel of the
-    frame, ``k`` the index of the pair of pixels p, p + 1 in ``pidx``): pair j's packed
-    values ``(r - 1) & mask`` (2 x uint64) added to entry ``lane_j + pidx[k + j]`` of
-    ``flat`` (rows of two uint64). One <4 x i16> (or i32) load, two 16-byte
-    read-modify-writes; unchecked: callers keep every index inside the arrays."""
+def add_quad(typingctx, flat, raw, qidx, p, k, lane, mask):
+    """Pixels p .. p + 4 of :func:`hist_quads_items` (``k`` the index of their quad in
+    ``qidx``): their packed values ``(r - 1) & mask`` (4 x uint64) added to entry
+    ``lane + qidx[k]`` of ``flat`` (rows of four uint64, 32-byte aligned). One <4 x i16>
+    (or i32) load, one 32-byte read-modify-write; unchecked: callers keep every index
+    inside the arrays."""
     ok = (isinstance(flat, types.Array) and flat.dtype == types.uint64
           and isinstance(raw, types.Array) and raw.dtype in (types.uint16, types.uint32)
-          and isinstance(pidx, types.Array) and pidx.dtype == types.uint16)
+          and isinstance(qidx, types.Array) and qidx.dtype in (types.uint16, types.uint32))
     if not ok:
         return None
-    sig = types.void(flat, raw, pidx, types.uint64, types.uint64, types.intp, types.intp,
-                     types.uint64)
-    bits = raw.dtype.bitwidth
+    sig = types.void(flat, raw, qidx, types.uint64, types.uint64, types.intp, types.uint64)
+    bits, ibits = raw.dtype.bitwidth, qidx.dtype.bitwidth
 
     def codegen(context, builder, signature, args):
         i32, i64 = ir.IntType(32), ir.IntType(64)
-        v4, v2 = ir.VectorType(i64, 4), ir.VectorType(i64, 2)
+        v4 = ir.VectorType(i64, 4)
 
         def data(n):
             return context.make_array(signature.args[n])(context, builder, args[n]).data
 
-        rptr = builder.bitcast(builder.gep(data(1), [args[3]], inbounds=True),
-                               ir.VectorType(ir.IntType(bits), 4).as_pointer())
-        r = builder.zext(builder.load(rptr, align=bits // 8), v4)
+        r = _load4(builder, data(1), args[3], ir.IntType(bits), i64)
         mask4 = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(v4, ir.Undefined), args[7], ir.Constant(i32, 0)),
+            builder.insert_element(ir.Constant(v4, ir.Undefined), args[6], ir.Constant(i32, 0)),
             ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0, 0, 0, 0]))
         packed = builder.and_(builder.add(r, ir.Constant(v4, [ir.Constant(i64, -1)] * 4)), mask4)
-        rows = builder.bitcast(data(0), v2.as_pointer())
-        iptr = builder.gep(data(2), [args[4]], inbounds=True)
-        for j, lane in enumerate((args[5], args[6])):
-            half = builder.shuffle_vector(
-                packed, packed, ir.Constant(ir.VectorType(i32, 2), [2 * j, 2 * j + 1]))
-            idx = builder.zext(builder.load(builder.gep(iptr, [ir.Constant(i64, j)]),
-                                            align=2), i64)
-            dst = builder.gep(rows, [builder.add(lane, idx)], inbounds=True)
-            builder.store(builder.add(builder.load(dst, align=16), half), dst, align=16)
+        entry = builder.load(builder.gep(data(2), [args[4]], inbounds=True), align=ibits // 8)
+        rows = builder.bitcast(data(0), v4.as_pointer())
+        dst = builder.gep(rows, [builder.add(args[5], builder.zext(entry, i64))], inbounds=True)
+        builder.store(builder.add(builder.load(dst, align=32), packed), dst, align=32)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def address_of(typingctx, arr):
+    """The address of ``arr``'s first element (to align rows inside a larger buffer)."""
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.uint64(arr)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, ir.IntType(64))
 
     return sig, codegen

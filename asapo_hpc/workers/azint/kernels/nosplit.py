@@ -1,5 +1,5 @@
-"""No-split per-frame passes: packed integer sums of uint16 and uint32 frames (one pixel per update,
-or pixel pairs), and the float pass with per-pixel validity checks."""
+"""No-split per-frame passes: packed integer sums of uint16 and uint32 frames (one pixel per
+update, or four: pixel quads), and the float pass with per-pixel validity checks."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from asapo_hpc.workers.azint.kernels.constants import (
     PACK32_MAX_BIN_PIXELS,
     PACK48_SHIFT,
     PACK_SHIFT,
-    PAIR_LANES,
-    PAIR_TYPES,
     PREFETCH_AHEAD,
     PREFETCH_BLOCK,
+    QUAD_OFFSETS,
+    QUAD_TWO_LANES_BELOW,
+    QUAD_TYPES,
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (
-    add_pairs4,
+    add_quad,
+    address_of,
     fetch_add,
     prefetch_nta,
 )
@@ -138,38 +140,52 @@ def hist_packed_items(raw, bins, items, npt, counts, nthreads):
 
 
 @njit(inline="always")
-def _pairs_item(raw, pidx, i0, k0, npairs, last, flat, ne, mask):
-    """Pairs k0 .. k0 + npairs of ``pidx`` (pixels from i0) into ``flat``, pair j into
-    lane j % 2; the frame and the entries prefetched ahead as in :func:`_packed_item`."""
-    block = np.uint64(PREFETCH_BLOCK // 2)  # pairs per 64-byte line of a uint16 frame
-    n = np.uint64(npairs)
+def _quads_item(raw, qidx, i0, k0, nquads, last, flat, lane1, mask):
+    """Quads k0 .. k0 + nquads of ``qidx`` (pixels from i0) into ``flat``, every second quad
+    ``lane1`` rows on (0: one sub-histogram); the frame and the entries prefetched ahead
+    as in :func:`_packed_item`."""
+    block = np.uint64(PREFETCH_BLOCK // 4)  # quads per 64-byte line of a uint16 frame
+    n = np.uint64(nquads)
     nb = n // block * block
     p0, q0 = np.uint64(i0), np.uint64(k0)
-    lane1 = np.intp(ne)
     for q in range(np.uint64(0), nb, block):
-        ahead = min(np.int64(p0 + 2 * q) + PREFETCH_AHEAD, last)
+        ahead = min(np.int64(p0 + 4 * q) + PREFETCH_AHEAD, last)
         prefetch_nta(raw, ahead)
-        prefetch_nta(pidx, min(np.int64(q0 + q) + PREFETCH_AHEAD // 2, pidx.size - 1))
+        prefetch_nta(qidx, min(np.int64(q0 + q) + PREFETCH_AHEAD // 4, qidx.size - 1))
         for j in range(q, q + block, np.uint64(2)):
-            add_pairs4(flat, raw, pidx, p0 + 2 * j, q0 + j, 0, lane1, mask)
-    for j in range(nb, n):  # fewer than a block of pairs left: one pixel at a time
-        e = 2 * np.int64(pidx[q0 + j])
-        for h in range(2):
-            flat[e + h] += _packed(raw[p0 + 2 * j + np.uint64(h)], mask)
+            add_quad(flat, raw, qidx, p0 + 4 * j, q0 + j, 0, mask)
+            add_quad(flat, raw, qidx, p0 + 4 * j + np.uint64(4), q0 + j + np.uint64(1), lane1,
+                     mask)
+    for j in range(nb, n):  # fewer than a block of quads left: one pixel at a time
+        e = 4 * np.int64(qidx[q0 + j])
+        for h in range(4):
+            flat[e + h] += _packed(raw[p0 + 4 * j + np.uint64(h)], mask)
+
+
+@njit(inline="always")
+def _aligned_rows(nt, per_thread):
+    """An uninitialised (nt, per_thread) uint64 array whose rows start 32-byte aligned
+    (per_thread a multiple of 4): the quad pass's 32-byte updates then never straddle
+    cache lines."""
+    buf = np.empty(nt * per_thread + 4, np.uint64)
+    skip = (np.uint64(32) - address_of(buf) % np.uint64(32)) % np.uint64(32) // np.uint64(8)
+    return buf[skip:skip + nt * per_thread].reshape((nt, per_thread))
 
 
 @njit(parallel=True, cache=True)
-def hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt, counts, nthreads):
-    """:func:`hist_packed_items` reading pixel pairs' entries instead of bins.
+def hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts, nthreads):
+    """:func:`hist_packed_items` reading pixel quads' entries instead of bins.
 
-    The same sums, bit for bit, from the frame + 1 B of entry index per pixel: the
-    tables of :func:`pair_table` (built once per geometry and items) replace the bin
-    index; the listed pixels go through work items of their own, one at a time. Same
-    frames, limits and packing as :func:`hist_packed_items`. Returns (Σraw, Σmax(raw, 1)).
+    The same sums, bit for bit, from the frame + 2 B of entry per four pixels: the tables
+    of :func:`quad_table` (built once per geometry and items) replace the bin index; one
+    32-byte update per quad; the listed pixels go through work items of their own, one at
+    a time. Same frames, limits and packing as :func:`hist_packed_items`. Returns (Σraw,
+    Σmax(raw, 1)).
     """
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
-    ne = PAIR_TYPES * (npt + 1)
-    acc = np.zeros((nt, PAIR_LANES * ne * 2), np.uint64)  # per thread: lanes of entries
+    lanes = 2 if npt < QUAD_TWO_LANES_BELOW else 1
+    ne = QUAD_TYPES * (npt + 1)  # entries of one sub-histogram
+    acc = _aligned_rows(nt, lanes * ne * 4)
     single = np.zeros((nt, npt + 1), np.uint64)
     nit = items.shape[0]
     nitems = nit + (list_pix.size + CHUNK - 1) // CHUNK
@@ -178,13 +194,14 @@ def hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt, counts, nth
     mask = _low(shift)
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
+        acc[t, :] = 0  # each thread zeroes its own rows (in parallel)
         while True:
             c = fetch_add(counter, 0, 1)
             if c >= nitems:
                 break
             if c < nit:
-                _pairs_item(raw, pidx, items[c, 0], off[c], off[c + 1] - off[c], last, acc[t],
-                            ne, mask)
+                _quads_item(raw, qidx, items[c, 0], off[c], off[c + 1] - off[c], last, acc[t],
+                            ne * (lanes - 1), mask)
             else:
                 for m in range((c - nit) * CHUNK, min(list_pix.size, (c - nit + 1) * CHUNK)):
                     single[t, list_bin[m]] += _packed(raw[list_pix[m]], mask)
@@ -192,14 +209,12 @@ def hist_pairs_items(raw, items, pidx, off, list_pix, list_bin, npt, counts, nth
     for t in range(nt):
         for b in range(npt):
             total[b] += single[t, b]
-        for lane in range(PAIR_LANES):
-            for b in range(npt):
-                e = 2 * (lane * ne + PAIR_TYPES * b)
-                total[b] += acc[t, e] + acc[t, e + 1] + acc[t, e + 2] + acc[t, e + 4]
-                if b + 1 < npt:
-                    total[b + 1] += acc[t, e + 3]
-                if b > 0:
-                    total[b - 1] += acc[t, e + 5]
+        for lane in range(lanes):
+            for ty in range(QUAD_TYPES):
+                for b in range(npt):  # row npt of type 0: quads of no type, never read
+                    e = 4 * (lane * ne + ty * (npt + 1) + b)
+                    for h in range(4):
+                        total[b + QUAD_OFFSETS[ty, h]] += acc[t, e + h]
     return _unpacked(total, shift)
 
 

@@ -1,6 +1,6 @@
 """Geometry-only tables, built once per engine or set of corrections: the bin index, the
 CSR matrices of bbox and full splitting, fixed-point pair weights, the pixel table of the
-split passes and the pair table of the no-split pass, work items, static per-bin sums."""
+split passes and the quad table of the no-split pass, work items, static per-bin sums."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from asapo_hpc.workers.azint.kernels.constants import CHUNK, PAIR_TYPES, WEIGHT_ONE
+from asapo_hpc.workers.azint.kernels.constants import (
+    CHUNK,
+    QUAD_TYPE_OF_STEPS,
+    QUAD_TYPES,
+    WEIGHT_ONE,
+)
 
 
 def n_chunks(size: int, limit: int = 1 << 22) -> int:
@@ -288,48 +293,72 @@ def chunk_items(n):
     return items
 
 
-@njit(cache=True)
-def pair_table(bins, items, npt):
-    """Pair-pass tables (:func:`hist_pairs_items`) of the (start, stop) ``items``.
+def quad_table(bins, items, npt):
+    """Quad-pass tables (:func:`hist_quads_items`) of the (start, stop) ``items``.
 
-    Item c's pixels i0, i0 + 1, ... are paired from i0; its pairs' entries are
-    ``pidx[off[c]:off[c + 1]]`` (uint16: 3·b + t, see :data:`PAIR_TYPES`; ``3·npt`` for
-    a pair whose bins are not b, b + {0, 1, -1}: discarded), and each such pair's pixels
-    and an odd item's last pixel are listed (pixel, bin) unless masked (bin ``npt``).
-    Returns (pidx, off, list_pix int64, list_bin int64, pairs listed).
+    Item c's pixels i0, i0 + 1, ... are taken four at a time from i0; its quads' entries
+    are ``qidx[off[c]:off[c + 1]]`` (``T·(npt + 1) + b``, see :data:`QUAD_OFFSETS`; uint16
+    while every entry fits, else uint32). A quad of no type gets entry ``npt`` (row npt of
+    type 0: never read) and its valid pixels are listed (pixel, bin), as are an item's last
+    1 to 3 pixels. Returns (qidx, off, list_pix int64, list_bin int64, quads listed).
     """
+    off = _quad_offsets(items)
+    fits = QUAD_TYPES * (npt + 1) <= np.iinfo(np.uint16).max + 1
+    qidx = np.empty(off[-1], np.uint16 if fits else np.uint32)
+    list_pix, list_bin, listed = _quad_fill(bins, items, off, npt, qidx, QUAD_TYPE_OF_STEPS)
+    return qidx, off, list_pix, list_bin, listed
+
+
+@njit(cache=True)
+def _quad_offsets(items):
+    off = np.zeros(items.shape[0] + 1, np.int64)
+    for c in range(items.shape[0]):
+        off[c + 1] = off[c] + (items[c, 1] - items[c, 0]) // 4
+    return off
+
+
+@njit(cache=True)
+def _quad_type(bins, j, npt, type_of_steps):
+    """Type of the quad of pixels j .. j + 3, or -1 (a masked pixel: bin npt; steps of no
+    type)."""
+    if max(bins[j], bins[j + 1], bins[j + 2], bins[j + 3]) >= npt:
+        return -1
+    s1 = np.int64(bins[j + 1]) - np.int64(bins[j])
+    s2 = np.int64(bins[j + 2]) - np.int64(bins[j + 1])
+    s3 = np.int64(bins[j + 3]) - np.int64(bins[j + 2])
+    if max(abs(s1), abs(s2), abs(s3)) > 1:
+        return -1
+    return type_of_steps[s1 + 1, s2 + 1, s3 + 1]
+
+
+@njit(cache=True)
+def _quad_fill(bins, items, off, npt, qidx, type_of_steps):
     nit = items.shape[0]
-    off = np.zeros(nit + 1, np.int64)
-    for c in range(nit):
-        off[c + 1] = off[c] + (items[c, 1] - items[c, 0]) // 2
-    pidx = np.empty(off[nit], np.uint16)
-    lp = np.empty(2 * off[nit] + nit, np.int64)
+    lp = np.empty(4 * off[nit] + 3 * nit, np.int64)
     lb = np.empty(lp.size, np.int64)
     m = 0
     listed = 0
     for c in range(nit):
         i0 = items[c, 0]
         for k in range(off[c + 1] - off[c]):
-            j = i0 + 2 * k
-            b0, b1 = np.int64(bins[j]), np.int64(bins[j + 1])
-            d = b1 - b0
-            if b0 < npt and (d == 0 or d == 1 or (d == -1 and b0 > 0)):
-                pidx[off[c] + k] = PAIR_TYPES * b0 + (0 if d == 0 else (1 if d == 1 else 2))
+            j = i0 + 4 * k
+            t = _quad_type(bins, j, npt, type_of_steps)
+            if t >= 0:
+                qidx[off[c] + k] = t * (npt + 1) + np.int64(bins[j])
                 continue
-            pidx[off[c] + k] = PAIR_TYPES * npt
-            if b0 == npt and b1 == npt:
-                continue  # both masked: nothing to add
-            listed += 1
-            for q in (j, j + 1):
-                if bins[q] != npt:
+            qidx[off[c] + k] = npt
+            any_valid = False
+            for q in range(j, j + 4):
+                if bins[q] < npt:
                     lp[m], lb[m] = q, bins[q]
                     m += 1
-        if (items[c, 1] - i0) % 2 == 1:
-            q = items[c, 1] - 1
-            if bins[q] != npt:
+                    any_valid = True
+            listed += any_valid
+        for q in range(i0 + 4 * (off[c + 1] - off[c]), items[c, 1]):  # the last 1 to 3
+            if bins[q] < npt:
                 lp[m], lb[m] = q, bins[q]
                 m += 1
-    return pidx, off, lp[:m].copy(), lb[:m].copy(), listed
+    return lp[:m].copy(), lb[:m].copy(), listed
 
 
 @njit(cache=True)
