@@ -313,6 +313,7 @@ def test_corrections_match_pyfai(frame):
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32])
 def test_dummy_and_nan_match_pyfai(frame, dtype):
+    """No split through the checked quad pass, full through the checked pixel table."""
     ai, pai = make_pair(GEOMETRIES["off-centre"])
     data = frame.astype(dtype)
     data[::7, ::5] = 65000  # dummy value
@@ -328,6 +329,7 @@ def test_dummy_and_nan_match_pyfai(frame, dtype):
                 assert_close_to_pyfai(ours, theirs)
             else:
                 np.testing.assert_allclose(ours.intensity, theirs.intensity, rtol=1e-4)
+    assert "hist_quads_checked" in ai._threads and "hist_checked" not in ai._threads
     # the same frame without dummy: bins holding the 65000 pixels differ
     plain = ai.integrate1d(data, NPT, unit="r_mm", method="no")
     assert plain.count.sum() > ours.count.sum() or dtype == np.float32
@@ -774,6 +776,44 @@ def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
             sig, var = _quad_pass(raw, bins, items, npt, counts, nthreads)
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
+
+
+@pytest.mark.parametrize("dtype, npt, delta", [(np.float32, 60, 0.0), (np.float32, 5000, 2.5),
+                                               (np.int16, 60, 0.0), (np.uint16, 450, 1.0),
+                                               (np.uint32, 60, 0.0)])
+def test_checked_quad_pass_equals_the_one_pixel_checked_pass(dtype, npt, delta):
+    """Frames needing checks (float32: NaN, infinity; any with a dummy value) through the
+    quad table: the same six sums as hist_checked_items, with invalid pixels alone and
+    filling whole blocks, in typed quads, untyped ones and the listed pixels, items cut
+    anywhere; two sub-histograms (npt 60), one (450), uint32 entries (5000); dummies
+    exact or within delta_dummy."""
+    rng = np.random.default_rng(22)
+    n, dummy = 20000, 77
+    raw = rng.integers(0, 400, n).astype(dtype)
+    raw[rng.random(n) < 0.02] = dummy
+    raw[4096:4160] = dummy  # whole blocks of invalid pixels
+    if np.dtype(dtype).kind == "f":
+        raw[rng.random(n) < 0.01] = np.nan
+        raw[::301] = np.inf
+        raw[::7] *= np.float32(0.37)  # values float32 does not sum exactly
+    bins = _walk_bins(rng, n, npt)
+    items, *_ = _cut_items(rng, raw, bins, npt, [0, 1, 31, 33, 100, 1090, 1091, 4967, 19998, n],
+                           30)
+    norm = rng.uniform(0.5, 1.0, n).astype(np.float32)
+    dark = rng.uniform(0, 2, n).astype(np.float32)
+    qidx, off, list_pix, list_bin, listed = kernels.quad_table(bins, items, npt)
+    assert listed > 0
+    assert np.isin(raw[list_pix], [dummy]).any()  # invalid pixels among the listed ones
+    for nthreads in (1, 2):
+        with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
+            got = kernels.hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin,
+                                                   npt, norm, dark, True, np.float32(dummy),
+                                                   np.float32(delta), nthreads)
+            want = kernels.hist_checked_items(raw, bins, items, npt, norm, dark, True,
+                                              np.float32(dummy), np.float32(delta), nthreads)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        np.testing.assert_array_equal(got[4], want[4])  # invalid pixels counted alike
+        assert got[4].sum() > 64
 
 
 def test_packed_pass_items_of_any_length_are_exact():

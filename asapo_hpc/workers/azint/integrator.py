@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 ERROR_MODELS = ("poisson", None)
 
+#: frames the checked no-split pass reads four pixels at a time (kernels.add_quad_float);
+#: wider ones (float64, 64-bit integers) one at a time
+QUAD_CHECKED_FRAMES = tuple(np.dtype(t) for t in (np.float32, np.uint8, np.uint16, np.uint32,
+                                                  np.int8, np.int16, np.int32))
+
 
 def _identity(arr: np.ndarray | None):
     """Cache key of a calibration array: identity and buffer address (not its content)."""
@@ -369,9 +374,14 @@ class AzimuthalIntegrator:
                 out[0] += sig
                 out[1] += var
             return out
+        items, norm, dark = (corr.work_items(start, stop), corr.norm[start:stop],
+                             corr.dark[start:stop])
+        quads = corr.quad_tables(start, stop) if raw.dtype in QUAD_CHECKED_FRAMES else None
+        if quads is not None:  # float32 and <= 32-bit integer frames: four pixels an update
+            return self._run("hist_quads_checked", kernels.hist_quads_checked_items, raw,
+                             items, *quads, engine.npt, norm, dark, check_dummy, d, dd)
         return self._run("hist_checked", kernels.hist_checked_items, raw, corr.bins[start:stop],
-                         corr.work_items(start, stop), engine.npt, corr.norm[start:stop],
-                         corr.dark[start:stop], check_dummy, d, dd)
+                         items, engine.npt, norm, dark, check_dummy, d, dd)
 
     def _run(self, name: str, fn, *args):
         """A per-frame pass on the thread count measured fastest for it lately."""

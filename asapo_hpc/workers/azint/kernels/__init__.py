@@ -38,6 +38,7 @@ from asapo_hpc.workers.azint.kernels.finish import (  # noqa: F401 - the package
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (  # noqa: F401 - the package's names
     add_quad,
+    add_quad_float,
     add_row4,
     add_row4_from,
     fetch_add,
@@ -50,6 +51,7 @@ from asapo_hpc.workers.azint.kernels.nosplit import (  # noqa: F401 - the packag
     hist_checked_items,
     hist_packed,
     hist_packed_items,
+    hist_quads_checked_items,
     hist_quads_items,
 )
 from asapo_hpc.workers.azint.kernels.split import (  # noqa: F401 - the package's names

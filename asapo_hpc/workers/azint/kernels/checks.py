@@ -14,3 +14,4 @@ def invalid_value(v, check_dummy, dummy, delta_dummy):
     if check_dummy and not bad:
         bad = v == dummy if delta_dummy == 0.0 else abs(v - dummy) <= delta_dummy
     return bad
+

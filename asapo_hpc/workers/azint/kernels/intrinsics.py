@@ -202,9 +202,20 @@ def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
     return sig, codegen
 
 
-#: frame types :func:`split_add4_float` reads (as float32, like pyFAI)
+#: frame types :func:`split_add4_float` and :func:`add_quad_float` read (as float32, like
+#: pyFAI)
 FLOAT_ROW_FRAMES = (types.uint8, types.uint16, types.uint32, types.int8, types.int16,
                     types.int32, types.float32)
+
+
+def _float32x4(builder, data, p, frame):
+    """Elements p .. p + 4 of a frame of type ``frame`` as <4 x float>: float32 as is,
+    integers rounded to float32 as pyFAI reads frames."""
+    if frame == types.float32:
+        return _load4(builder, data, p, ir.FloatType(), None)
+    vals = _load4(builder, data, p, ir.IntType(frame.bitwidth), None)
+    to_float = builder.sitofp if frame.signed else builder.uitofp
+    return to_float(vals, ir.VectorType(ir.FloatType(), 4))
 
 
 @intrinsic
@@ -227,8 +238,8 @@ def split_add4_float(typingctx, flat, raw, u, bins, p, lane_rows):
     frame = raw.dtype
 
     def codegen(context, builder, signature, args):
-        f32, f64 = ir.FloatType(), ir.DoubleType()
-        v4f, v4d = ir.VectorType(f32, 4), ir.VectorType(f64, 4)
+        f64 = ir.DoubleType()
+        v4d = ir.VectorType(f64, 4)
 
         def data(k):
             return context.make_array(signature.args[k])(context, builder, args[k]).data
@@ -236,13 +247,7 @@ def split_add4_float(typingctx, flat, raw, u, bins, p, lane_rows):
         def splat(c):
             return ir.Constant(v4d, [ir.Constant(f64, c)] * 4)
 
-        if frame == types.float32:
-            r32 = _load4(builder, data(1), args[4], f32, None)
-        else:
-            vals = _load4(builder, data(1), args[4], ir.IntType(frame.bitwidth), None)
-            to_float = builder.sitofp if frame.signed else builder.uitofp
-            r32 = to_float(vals, v4f)  # rounded to float32 as pyFAI reads frames
-        r = builder.fpext(r32, v4d)
+        r = builder.fpext(_float32x4(builder, data(1), args[4], frame), v4d)
         rv = builder.select(builder.fcmp_ordered(">", r, splat(1.0)), r, splat(1.0))
         w = builder.uitofp(_load4(builder, data(2), args[4], ir.IntType(16), None), v4d)
         c1 = builder.fmul(w, splat(1.0 / WEIGHT_ONE))
@@ -287,6 +292,69 @@ def add_quad(typingctx, flat, raw, qidx, p, k, lane, mask):
         dst = builder.gep(rows, [builder.add(args[5], builder.zext(entry, i64))], inbounds=True)
         builder.store(builder.add(builder.load(dst, align=32), packed), dst, align=32)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def add_quad_float(typingctx, flat, raw, qidx, p, k, lane, check_dummy, dummy, delta_dummy):
+    """Pixels p .. p + 4 of :func:`hist_quads_checked_items`: their values v (as float32,
+    like pyFAI, then float64) and Poisson variances max(v, 1) added to entry
+    ``e = lane + qidx[k]`` of ``flat`` (float64 rows of eight, 64-byte aligned: the four v
+    at 8e, the four variances at 8e + 4), two 32-byte read-modify-writes in one line.
+
+    Invalid values (not finite; the dummy, within ``delta_dummy`` when it is not 0, if
+    ``check_dummy``: :func:`checks.invalid_value` in vector form) add 0; returns their
+    lanes as a bit mask (bit h: pixel p + h) for the caller's invalid sums.
+    """
+    ok = (isinstance(flat, types.Array) and flat.dtype == types.float64
+          and isinstance(raw, types.Array) and raw.dtype in FLOAT_ROW_FRAMES
+          and isinstance(qidx, types.Array) and qidx.dtype in (types.uint16, types.uint32))
+    if not ok:
+        return None
+    sig = types.uint32(flat, raw, qidx, types.uint64, types.uint64, types.intp, types.boolean,
+                       types.float32, types.float32)
+    frame, ibits = raw.dtype, qidx.dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        f32, f64 = ir.FloatType(), ir.DoubleType()
+        v4f, v4d = ir.VectorType(f32, 4), ir.VectorType(f64, 4)
+
+        def data(n):
+            return context.make_array(signature.args[n])(context, builder, args[n]).data
+
+        def splat(value, vty):
+            one = builder.insert_element(ir.Constant(vty, ir.Undefined), value,
+                                         ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined),
+                                          ir.Constant(ir.VectorType(i32, 4), [0] * 4))
+
+        x = _float32x4(builder, data(1), args[3], frame)
+        zero4 = ir.Constant(v4f, [ir.Constant(f32, 0.0)] * 4)
+        bad = builder.fcmp_unordered("!=", builder.fsub(x, x), zero4)  # NaN or infinity
+        dummy, delta = splat(args[7], v4f), splat(args[8], v4f)
+        off = builder.fsub(x, dummy)
+        near = builder.fcmp_ordered("<=", builder.select(
+            builder.fcmp_ordered("<", off, zero4), builder.fsub(zero4, off), off), delta)
+        hit = builder.select(builder.fcmp_ordered("==", args[8], ir.Constant(f32, 0.0)),
+                             builder.fcmp_ordered("==", x, dummy), near)
+        use_dummy = splat(builder.zext(args[6], i1) if args[6].type != i1 else args[6],
+                          ir.VectorType(i1, 4))
+        bad = builder.or_(bad, builder.and_(hit, use_dummy))
+        v = builder.fpext(x, v4d)
+        one, nothing = (ir.Constant(v4d, [ir.Constant(f64, c)] * 4) for c in (1.0, 0.0))
+        var = builder.select(builder.fcmp_ordered(">", v, one), v, one)
+        v, var = builder.select(bad, nothing, v), builder.select(bad, nothing, var)
+        entry = builder.load(builder.gep(data(2), [args[4]], inbounds=True), align=ibits // 8)
+        e = builder.add(args[5], builder.zext(entry, i64))
+        rows = builder.bitcast(data(0), v4d.as_pointer())
+        two = ir.Constant(i64, 2)
+        for half, value, align in ((0, v, 64), (1, var, 32)):
+            dst = builder.gep(rows, [builder.add(builder.mul(e, two), ir.Constant(i64, half))],
+                              inbounds=True)
+            builder.store(builder.fadd(builder.load(dst, align=align), value), dst, align=align)
+        return builder.zext(builder.bitcast(bad, ir.IntType(4)), i32)
 
     return sig, codegen
 

@@ -21,6 +21,7 @@ from asapo_hpc.workers.azint.kernels.constants import (
 )
 from asapo_hpc.workers.azint.kernels.intrinsics import (
     add_quad,
+    add_quad_float,
     address_of,
     fetch_add,
     prefetch_nta,
@@ -163,12 +164,12 @@ def _quads_item(raw, qidx, i0, k0, nquads, last, flat, lane1, mask):
 
 
 @njit(inline="always")
-def _aligned_rows(nt, per_thread):
-    """An uninitialised (nt, per_thread) uint64 array whose rows start 32-byte aligned
-    (per_thread a multiple of 4): the quad pass's 32-byte updates then never straddle
-    cache lines."""
-    buf = np.empty(nt * per_thread + 4, np.uint64)
-    skip = (np.uint64(32) - address_of(buf) % np.uint64(32)) % np.uint64(32) // np.uint64(8)
+def _aligned_rows(buf, nt, per_thread, align):
+    """(nt, per_thread) view of the 8-byte-element ``buf`` (nt·per_thread + align / 8
+    elements) whose rows start ``align``-byte aligned (per_thread a multiple of align / 8):
+    the quad passes' row updates then never straddle cache lines."""
+    a = np.uint64(align)
+    skip = (a - address_of(buf) % a) % a // np.uint64(8)
     return buf[skip:skip + nt * per_thread].reshape((nt, per_thread))
 
 
@@ -185,7 +186,7 @@ def hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts, nth
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     lanes = 2 if npt < QUAD_TWO_LANES_BELOW else 1
     ne = QUAD_TYPES * (npt + 1)  # entries of one sub-histogram
-    acc = _aligned_rows(nt, lanes * ne * 4)
+    acc = _aligned_rows(np.empty(nt * lanes * ne * 4 + 4, np.uint64), nt, lanes * ne * 4, 32)
     single = np.zeros((nt, npt + 1), np.uint64)
     nit = items.shape[0]
     nitems = nit + (list_pix.size + CHUNK - 1) // CHUNK
@@ -268,10 +269,10 @@ def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, de
             i4 = i0 + (i1 - i0) // np.uint64(LANES) * np.uint64(LANES)
             for p in range(i0, i4, np.uint64(LANES)):  # lanes: no float-add chains
                 for k in range(LANES):
-                    _checked_add(raw, bins, p + np.uint64(k), vt, k, it, norm, dark,
-                                 check_dummy, dummy, delta_dummy)
+                    _checked_add(raw, bins, p + np.uint64(k), p + np.uint64(k), vt, k, it,
+                                 norm, dark, check_dummy, dummy, delta_dummy)
             for p in range(i4, i1):
-                _checked_add(raw, bins, p, vt, 0, it, norm, dark, check_dummy, dummy,
+                _checked_add(raw, bins, p, p, vt, 0, it, norm, dark, check_dummy, dummy,
                              delta_dummy)
     out = np.zeros((6, npt))
     for t in range(nt):
@@ -285,21 +286,137 @@ def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, de
 
 
 @njit(inline="always")
-def _checked_add(raw, bins, p, valid, k, invalid, norm, dark, check_dummy, dummy,
+def _checked_add(raw, bins, p, i, valid, k, invalid, norm, dark, check_dummy, dummy,
                  delta_dummy):
-    """Pixel p into its bin: its value and Poisson variance into lane ``k`` of ``valid``,
-    or, invalid in this frame, its normalisation, square, count and dark into ``invalid``."""
-    b = bins[p]
+    """Pixel p, of bin ``bins[i]``, into its bin: its value and Poisson variance into lane
+    ``k`` of ``valid``, or, invalid in this frame, into ``invalid``."""
+    b = bins[i]
     v = np.float32(raw[p])
     if invalid_value(v, check_dummy, dummy, delta_dummy):
-        w = np.float64(norm[p])
-        invalid[b, 0] += w
-        invalid[b, 1] += w * w
-        invalid[b, 2] += 1.0
-        invalid[b, 3] += dark[p]
+        _add_invalid_pixel(invalid, b, p, norm, dark)
     else:
         valid[k, b, 0] += v
         valid[k, b, 1] += max(v, np.float32(1.0))
+
+
+@njit(inline="always")
+def _add_invalid_pixel(invalid, b, p, norm, dark):
+    """Pixel p, invalid in this frame: its normalisation, square, count and dark into
+    bin b of ``invalid`` (to subtract from the static sums)."""
+    w = np.float64(norm[p])
+    invalid[b, 0] += w
+    invalid[b, 1] += w * w
+    invalid[b, 2] += 1.0
+    invalid[b, 3] += dark[p]
+
+
+@njit(parallel=True, cache=True)
+def hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin, npt, norm, dark,
+                             check_dummy, dummy, delta_dummy, nthreads):
+    """:func:`hist_checked_items` over the quad table of :func:`hist_quads_items`.
+
+    Frames of up to 32 bits (float32; integers with a dummy value): a block of
+    PREFETCH_BLOCK pixels without an invalid value adds four pixels at a time
+    (:func:`add_quad_float`: values and Poisson variances, two 32-byte updates of one
+    entry); a block with one goes pixel by pixel, an invalid pixel's normalisation,
+    square, count and dark into the invalid sums. Listed pixels one at a time, checked
+    alike. Returns (6, npt) float64 like :func:`hist_checked_items`.
+    """
+    nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
+    lanes = 2 if npt < QUAD_TWO_LANES_BELOW else 1
+    ne = QUAD_TYPES * (npt + 1)  # entries of one sub-histogram
+    acc = _aligned_rows(np.empty(nt * lanes * ne * 8 + 8), nt, lanes * ne * 8, 64)
+    single = np.zeros((nt, LANES, npt + 1, 2))  # listed pixels: Σv, Σmax(v, 1)
+    invalid = np.zeros((nt, npt + 1, 4))  # Σnorm, Σnorm², count, Σdark
+    nit = items.shape[0]
+    nitems = nit + (list_pix.size + CHUNK - 1) // CHUNK
+    last = raw.size - 1
+    counter = np.zeros(1, np.int64)
+    for t in prange(nt):  # one iteration per thread; work items from the counter
+        acc[t, :] = 0.0
+        while True:
+            c = fetch_add(counter, 0, 1)
+            if c >= nitems:
+                break
+            if c < nit:
+                _checked_quads_item(raw, qidx, items[c, 0], off[c], off[c + 1] - off[c], last,
+                                    acc[t], ne * (lanes - 1), npt, norm, dark, check_dummy,
+                                    dummy, delta_dummy, invalid[t])
+                continue
+            for m in range((c - nit) * CHUNK, min(list_pix.size, (c - nit + 1) * CHUNK)):
+                _checked_add(raw, list_bin, list_pix[m], m, single[t], m % LANES, invalid[t],
+                             norm, dark, check_dummy, dummy, delta_dummy)
+    out = np.zeros((6, npt))
+    for t in range(nt):
+        for b in range(npt):
+            for k in range(LANES):
+                out[0, b] += single[t, k, b, 0]
+                out[1, b] += single[t, k, b, 1]
+            for q in range(4):
+                out[2 + q, b] += invalid[t, b, q]
+        for lane in range(lanes):
+            for ty in range(QUAD_TYPES):
+                for b in range(npt):  # row npt of type 0: quads of no type, never read
+                    e = 8 * (lane * ne + ty * (npt + 1) + b)
+                    for h in range(4):
+                        out[0, b + QUAD_OFFSETS[ty, h]] += acc[t, e + h]
+                        out[1, b + QUAD_OFFSETS[ty, h]] += acc[t, e + 4 + h]
+    return out
+
+
+@njit(inline="always")
+def _checked_quads_item(raw, qidx, i0, k0, nquads, last, flat, lane1, npt, norm, dark,
+                        check_dummy, dummy, delta_dummy, invalid):
+    """Quads k0 .. k0 + nquads of ``qidx`` (pixels from i0) as :func:`_quads_item`; the
+    few invalid pixels :func:`add_quad_float` reports go to the invalid sums."""
+    block = np.uint64(PREFETCH_BLOCK // 4)
+    n = np.uint64(nquads)
+    nb = n // block * block
+    p0, q0 = np.uint64(i0), np.uint64(k0)
+    for q in range(np.uint64(0), nb, block):
+        ahead = min(np.int64(p0 + 4 * q) + PREFETCH_AHEAD, last)
+        prefetch_nta(raw, ahead)
+        prefetch_nta(qidx, min(np.int64(q0 + q) + PREFETCH_AHEAD // 4, qidx.size - 1))
+        for j in range(q, q + block, np.uint64(2)):
+            p, k = p0 + 4 * j, q0 + j
+            bad0 = add_quad_float(flat, raw, qidx, p, k, 0, check_dummy, dummy, delta_dummy)
+            bad1 = add_quad_float(flat, raw, qidx, p + np.uint64(4), k + np.uint64(1), lane1,
+                                  check_dummy, dummy, delta_dummy)
+            if bad0 | bad1:  # rare: a NaN, an infinity, a dummy
+                _invalid_quad_pixels(qidx, p, k, bad0, npt, norm, dark, invalid)
+                _invalid_quad_pixels(qidx, p + np.uint64(4), k + np.uint64(1), bad1, npt, norm,
+                                     dark, invalid)
+    for j in range(nb, n):
+        _checked_quad(raw, qidx, p0 + 4 * j, q0 + j, flat, npt, norm, dark, check_dummy,
+                      dummy, delta_dummy, invalid)
+
+
+@njit(inline="always")
+def _invalid_quad_pixels(qidx, p, k, bad, npt, norm, dark, invalid):
+    """The pixels of quad k (from pixel p) set in the bit mask ``bad`` into the invalid sums
+    of their bins (an untyped quad's, entry npt: into row npt, never read; its pixels are
+    listed)."""
+    e = np.int64(qidx[k])
+    ty, b0 = e // (npt + 1), e % (npt + 1)
+    for h in range(4):
+        if (bad >> h) & 1:
+            _add_invalid_pixel(invalid, b0 + QUAD_OFFSETS[ty, h], p + np.uint64(h), norm, dark)
+
+
+@njit(inline="always")
+def _checked_quad(raw, qidx, p, k, flat, npt, norm, dark, check_dummy, dummy, delta_dummy,
+                  invalid):
+    """Pixels p .. p + 4 of quad k one at a time (lane 0), checked alike (the items' last
+    quads)."""
+    e = np.int64(qidx[k])
+    ty, b0 = e // (npt + 1), e % (npt + 1)
+    for h in range(4):
+        v = np.float32(raw[p + np.uint64(h)])
+        if invalid_value(v, check_dummy, dummy, delta_dummy):
+            _add_invalid_pixel(invalid, b0 + QUAD_OFFSETS[ty, h], p + np.uint64(h), norm, dark)
+        else:
+            flat[8 * e + h] += v
+            flat[8 * e + 4 + h] += max(v, np.float32(1.0))
 
 
 def hist_checked(raw, bins, npt, norm, dark, check_dummy, dummy, delta_dummy, nthreads):
