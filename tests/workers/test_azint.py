@@ -733,13 +733,13 @@ def _cut_items(rng, raw, bins, npt, cuts, extra):
     return items, take, exact, zeros
 
 
-@pytest.mark.parametrize("npt", [60, kernels.QUAD_TWO_LANES_BELOW, 5000])
+@pytest.mark.parametrize("npt", [60, kernels.QUAD_TWO_LANES_BELOW, kernels.QUAD_MAX_BINS])
 def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
     """The quad pass: quads whose bins step by 0 or +1 (or 0 or -1) through entries, the
     rest (jumps, up then down, a masked pixel, an item's last 1 to 3 pixels) listed; items
-    starting and ending anywhere, inside a prefetch block and at the last pixel. One and
-    two sub-histograms (npt below and at QUAD_TWO_LANES_BELOW); uint32 entries (npt 5000:
-    15 x 5001 entries do not fit uint16)."""
+    starting and ending anywhere, inside a prefetch block and at the last pixel. Two
+    sub-histograms (npt below QUAD_TWO_LANES_BELOW) and one; the largest entries (npt
+    QUAD_MAX_BINS)."""
     rng = np.random.default_rng(12)
     n = 20000
     raw = rng.integers(0, 400, n).astype(np.uint16)
@@ -750,7 +750,7 @@ def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
                                                               4967, 19998, n], 30)
     counts = kernels.item_counts(bins, items, npt)
     qidx, off, list_pix, list_bin, listed = kernels.quad_table(bins, items, npt)
-    assert qidx.dtype == (np.uint16 if npt < 4000 else np.uint32)
+    assert qidx.dtype == np.uint16
     assert listed > 0 and list_pix.size > 0  # jumps and mask edges were listed
     # every entry names its quad's bins; listed pixels are exactly those of other quads
     first = np.concatenate([np.arange(i0, i0 + 4 * (off[c + 1] - off[c]), 4)
@@ -778,15 +778,23 @@ def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
         np.testing.assert_array_equal(var, exact + zeros)
 
 
-@pytest.mark.parametrize("dtype, npt, delta", [(np.float32, 60, 0.0), (np.float32, 5000, 2.5),
+def test_quad_table_refuses_more_bins_than_its_entries_hold():
+    bins = np.zeros(64, np.uint16)
+    items = kernels.chunk_items(64)
+    assert kernels.quad_table(bins, items, kernels.QUAD_MAX_BINS)[0].dtype == np.uint16
+    with pytest.raises(ValueError, match=f"at most {kernels.QUAD_MAX_BINS} bins"):
+        kernels.quad_table(bins, items, kernels.QUAD_MAX_BINS + 1)
+
+
+@pytest.mark.parametrize("dtype, npt, delta", [(np.float32, 60, 0.0), (np.float32, 4000, 2.5),
                                                (np.int16, 60, 0.0), (np.uint16, 450, 1.0),
                                                (np.uint32, 60, 0.0)])
 def test_checked_quad_pass_equals_the_one_pixel_checked_pass(dtype, npt, delta):
     """Frames needing checks (float32: NaN, infinity; any with a dummy value) through the
     quad table: the same six sums as hist_checked_items, with invalid pixels alone and
     filling whole blocks, in typed quads, untyped ones and the listed pixels, items cut
-    anywhere; two sub-histograms (npt 60), one (450), uint32 entries (5000); dummies
-    exact or within delta_dummy."""
+    anywhere; two sub-histograms (npt 60), one (450, 4000); dummies exact or within
+    delta_dummy."""
     rng = np.random.default_rng(22)
     n, dummy = 20000, 77
     raw = rng.integers(0, 400, n).astype(dtype)

@@ -35,9 +35,10 @@ RUN_MIN_GAP = 64
 #: The no-split passes skip masked runs only if that cuts the pixels read by this fraction.
 RUN_MIN_SAVING = 0.10
 
-#: The no-split uint16 / uint32 pass reads pixel quads (:func:`kernels.hist_quads_items`)
-#: unless more than this fraction of the quads must be listed (bins narrower than pixels:
-#: the one-pixel pass is then faster).
+#: The no-split passes read pixel quads (:func:`kernels.hist_quads_items`, and
+#: :func:`kernels.hist_quads_checked_items`) unless more than this fraction of the quads
+#: must be listed (bins narrower than pixels: the one-pixel pass is then faster) or there
+#: are more than :data:`kernels.QUAD_MAX_BINS` bins.
 QUADS_MAX_LISTED = 0.05
 
 #: Split modes gather through the CSR matrix instead of the pixel-table passes when the
@@ -316,10 +317,13 @@ class Corrections:
         pass is the faster (:data:`QUADS_MAX_LISTED`); cached."""
         key = (start, stop)
         if key not in self._quads:
-            *tables, listed = kernels.quad_table(self.bins[start:stop],
-                                                 self.work_items(start, stop), self.npt)
-            many = listed > QUADS_MAX_LISTED * max(1, tables[0].size)
-            self._quads[key] = None if many else tuple(tables)
+            tables = None
+            if self.npt <= kernels.QUAD_MAX_BINS:
+                *tables, listed = kernels.quad_table(self.bins[start:stop],
+                                                     self.work_items(start, stop), self.npt)
+                if listed > QUADS_MAX_LISTED * max(1, tables[0].size):
+                    tables = None
+            self._quads[key] = None if tables is None else tuple(tables)
         return self._quads[key]
 
     def table_part(self, start: int, stop: int) -> tuple:

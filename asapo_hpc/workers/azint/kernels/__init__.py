@@ -25,6 +25,7 @@ from asapo_hpc.workers.azint.kernels.constants import (  # noqa: F401 - the pack
     PACK_SHIFT,
     PREFETCH_AHEAD,
     PREFETCH_BLOCK,
+    QUAD_MAX_BINS,
     QUAD_OFFSETS,
     QUAD_TWO_LANES_BELOW,
     QUAD_TYPE_OF_STEPS,

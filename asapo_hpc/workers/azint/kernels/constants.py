@@ -45,6 +45,11 @@ def _quad_types() -> np.ndarray:
 QUAD_OFFSETS = _quad_types()
 QUAD_TYPES = len(QUAD_OFFSETS)
 
+#: Most bins of the quad passes: every entry fits uint16 and a sub-histogram (QUAD_TYPES x
+#: (npt + 1) rows of 32 bytes, twice that for float frames) stays within 0.5 (1) MB, which
+#: each call zeroes and adds up; the one-pixel passes take more bins (cakes, say).
+QUAD_MAX_BINS = (1 << 16) // QUAD_TYPES - 1
+
 #: Type of a quad by its three steps: QUAD_TYPE_OF_STEPS[s1 + 1, s2 + 1, s3 + 1], -1 for
 #: steps no type has (a jump of 2 or more, or up then down)
 QUAD_TYPE_OF_STEPS = np.full((3, 3, 3), -1, np.int64)

@@ -269,11 +269,11 @@ def add_quad(typingctx, flat, raw, qidx, p, k, lane, mask):
     inside the arrays."""
     ok = (isinstance(flat, types.Array) and flat.dtype == types.uint64
           and isinstance(raw, types.Array) and raw.dtype in (types.uint16, types.uint32)
-          and isinstance(qidx, types.Array) and qidx.dtype in (types.uint16, types.uint32))
+          and _is_table(qidx))
     if not ok:
         return None
     sig = types.void(flat, raw, qidx, types.uint64, types.uint64, types.intp, types.uint64)
-    bits, ibits = raw.dtype.bitwidth, qidx.dtype.bitwidth
+    bits = raw.dtype.bitwidth
 
     def codegen(context, builder, signature, args):
         i32, i64 = ir.IntType(32), ir.IntType(64)
@@ -287,7 +287,7 @@ def add_quad(typingctx, flat, raw, qidx, p, k, lane, mask):
             builder.insert_element(ir.Constant(v4, ir.Undefined), args[6], ir.Constant(i32, 0)),
             ir.Constant(v4, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0, 0, 0, 0]))
         packed = builder.and_(builder.add(r, ir.Constant(v4, [ir.Constant(i64, -1)] * 4)), mask4)
-        entry = builder.load(builder.gep(data(2), [args[4]], inbounds=True), align=ibits // 8)
+        entry = builder.load(builder.gep(data(2), [args[4]], inbounds=True), align=2)
         rows = builder.bitcast(data(0), v4.as_pointer())
         dst = builder.gep(rows, [builder.add(args[5], builder.zext(entry, i64))], inbounds=True)
         builder.store(builder.add(builder.load(dst, align=32), packed), dst, align=32)
@@ -309,12 +309,12 @@ def add_quad_float(typingctx, flat, raw, qidx, p, k, lane, check_dummy, dummy, d
     """
     ok = (isinstance(flat, types.Array) and flat.dtype == types.float64
           and isinstance(raw, types.Array) and raw.dtype in FLOAT_ROW_FRAMES
-          and isinstance(qidx, types.Array) and qidx.dtype in (types.uint16, types.uint32))
+          and _is_table(qidx))
     if not ok:
         return None
     sig = types.uint32(flat, raw, qidx, types.uint64, types.uint64, types.intp, types.boolean,
                        types.float32, types.float32)
-    frame, ibits = raw.dtype, qidx.dtype.bitwidth
+    frame = raw.dtype
 
     def codegen(context, builder, signature, args):
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -346,7 +346,7 @@ def add_quad_float(typingctx, flat, raw, qidx, p, k, lane, check_dummy, dummy, d
         one, nothing = (ir.Constant(v4d, [ir.Constant(f64, c)] * 4) for c in (1.0, 0.0))
         var = builder.select(builder.fcmp_ordered(">", v, one), v, one)
         v, var = builder.select(bad, nothing, v), builder.select(bad, nothing, var)
-        entry = builder.load(builder.gep(data(2), [args[4]], inbounds=True), align=ibits // 8)
+        entry = builder.load(builder.gep(data(2), [args[4]], inbounds=True), align=2)
         e = builder.add(args[5], builder.zext(entry, i64))
         rows = builder.bitcast(data(0), v4d.as_pointer())
         two = ir.Constant(i64, 2)

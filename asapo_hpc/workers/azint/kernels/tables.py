@@ -12,8 +12,8 @@ from numba import njit, prange
 
 from asapo_hpc.workers.azint.kernels.constants import (
     CHUNK,
+    QUAD_MAX_BINS,
     QUAD_TYPE_OF_STEPS,
-    QUAD_TYPES,
     WEIGHT_ONE,
 )
 
@@ -297,14 +297,16 @@ def quad_table(bins, items, npt):
     """Quad-pass tables (:func:`hist_quads_items`) of the (start, stop) ``items``.
 
     Item c's pixels i0, i0 + 1, ... are taken four at a time from i0; its quads' entries
-    are ``qidx[off[c]:off[c + 1]]`` (``T·(npt + 1) + b``, see :data:`QUAD_OFFSETS`; uint16
-    while every entry fits, else uint32). A quad of no type gets entry ``npt`` (row npt of
-    type 0: never read) and its valid pixels are listed (pixel, bin), as are an item's last
-    1 to 3 pixels. Returns (qidx, off, list_pix int64, list_bin int64, quads listed).
+    are ``qidx[off[c]:off[c + 1]]`` (uint16 ``T·(npt + 1) + b``, see :data:`QUAD_OFFSETS`;
+    npt at most :data:`QUAD_MAX_BINS`, so that a sub-histogram stays under 0.5 MB). A quad
+    of no type gets entry ``npt`` (row npt of type 0: never read) and its valid pixels are
+    listed (pixel, bin), as are an item's last 1 to 3 pixels. Returns (qidx, off, list_pix
+    int64, list_bin int64, quads listed).
     """
+    if npt > QUAD_MAX_BINS:
+        raise ValueError(f"the quad pass takes at most {QUAD_MAX_BINS} bins, not {npt}")
     off = _quad_offsets(items)
-    fits = QUAD_TYPES * (npt + 1) <= np.iinfo(np.uint16).max + 1
-    qidx = np.empty(off[-1], np.uint16 if fits else np.uint32)
+    qidx = np.empty(off[-1], np.uint16)
     list_pix, list_bin, listed = _quad_fill(bins, items, off, npt, qidx, QUAD_TYPE_OF_STEPS)
     return qidx, off, list_pix, list_bin, listed
 
