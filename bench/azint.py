@@ -123,9 +123,9 @@ def main() -> None:
 
                 name, arrays = "hist_packed", (raw, corr.bins)
             else:
-                def fn(raw, qidx, off, lpix, lbin, npt, nt, items=items, counts=counts):
-                    return kernels.hist_quads_items(raw, items, qidx, off, lpix, lbin, npt,
-                                                    counts, nt)
+                def fn(raw, qidx, off, lpix, lbin, used, npt, nt, items=items, counts=counts):
+                    return kernels.hist_quads_items(raw, items, qidx, off, lpix, lbin, used,
+                                                    npt, counts, nt)
 
                 name, arrays = "hist_quads", (raw, *quads)
         else:

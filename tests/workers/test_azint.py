@@ -702,9 +702,8 @@ def test_uint32_and_uint16_frames_of_the_same_counts_integrate_alike(pair, frame
 
 
 def _quad_pass(raw, bins, items, npt, counts, nthreads):
-    qidx, off, list_pix, list_bin, _ = kernels.quad_table(bins, items, npt)
-    return kernels.hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts,
-                                    nthreads)
+    *tables, _ = kernels.quad_table(bins, items, npt)
+    return kernels.hist_quads_items(raw, items, *tables, npt, counts, nthreads)
 
 
 def _walk_bins(rng, n, npt):
@@ -749,7 +748,7 @@ def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
     items, _, exact, zeros = _cut_items(rng, raw, bins, npt, [0, 1, 31, 33, 100, 1090, 1091,
                                                               4967, 19998, n], 30)
     counts = kernels.item_counts(bins, items, npt)
-    qidx, off, list_pix, list_bin, listed = kernels.quad_table(bins, items, npt)
+    qidx, off, list_pix, list_bin, used, listed = kernels.quad_table(bins, items, npt)
     assert qidx.dtype == np.uint16
     assert listed > 0 and list_pix.size > 0  # jumps and mask edges were listed
     # every entry names its quad's bins; listed pixels are exactly those of other quads
@@ -766,6 +765,7 @@ def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
     assert ((quad_bins[~typed] == npt).any(axis=1) | (np.abs(steps) > 1).any(axis=1)
             | ((steps > 0).any(axis=1) & (steps < 0).any(axis=1))).all()
     assert set(kind[typed]) == set(range(kernels.QUAD_TYPES))  # the walk meets every type
+    assert used.all()
     tails = [np.arange(start + 4 * ((stop - start) // 4), stop) for start, stop in items]
     want = np.sort(np.concatenate([(first[~typed, None] + np.arange(4)).ravel(), *tails]))
     want = want[bins[want] != npt]
@@ -776,6 +776,24 @@ def test_quad_pass_equals_the_exact_sums_for_items_cut_anywhere(npt):
             sig, var = _quad_pass(raw, bins, items, npt, counts, nthreads)
         np.testing.assert_array_equal(sig, exact)
         np.testing.assert_array_equal(var, exact + zeros)
+
+
+def test_quad_pass_reads_only_the_types_it_zeroed():
+    """Sub-histogram rows of quad types no quad has are neither zeroed nor added up: calls
+    one after the other (each reusing memory the last left full of sums) stay exact."""
+    rng = np.random.default_rng(23)
+    npt, n = 50, 4 * kernels.CHUNK
+    items = kernels.chunk_items(n)
+    rising = np.repeat(np.arange(npt, dtype=np.uint16), -(-n // npt))[:n]  # 4 types of 15
+    walk = _walk_bins(rng, n, npt)  # every type
+    for bins in (walk, rising, walk, rising):
+        *tables, _ = kernels.quad_table(bins, items, npt)
+        assert tables[4].sum() == (4 if bins is rising else kernels.QUAD_TYPES)
+        raw = rng.integers(0, 1000, n).astype(np.uint16)
+        counts = kernels.item_counts(bins, items, npt)
+        sig, var = kernels.hist_quads_items(raw, items, *tables, npt, counts, 2)
+        valid = bins < npt
+        np.testing.assert_array_equal(sig, np.bincount(bins[valid], raw[valid], npt))
 
 
 def test_quad_table_refuses_more_bins_than_its_entries_hold():
@@ -809,14 +827,15 @@ def test_checked_quad_pass_equals_the_one_pixel_checked_pass(dtype, npt, delta):
                            30)
     norm = rng.uniform(0.5, 1.0, n).astype(np.float32)
     dark = rng.uniform(0, 2, n).astype(np.float32)
-    qidx, off, list_pix, list_bin, listed = kernels.quad_table(bins, items, npt)
+    qidx, off, list_pix, list_bin, used, listed = kernels.quad_table(bins, items, npt)
     assert listed > 0
     assert np.isin(raw[list_pix], [dummy]).any()  # invalid pixels among the listed ones
     for nthreads in (1, 2):
         with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
             got = kernels.hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin,
-                                                   npt, norm, dark, True, np.float32(dummy),
-                                                   np.float32(delta), nthreads)
+                                                   used, npt, norm, dark, True,
+                                                   np.float32(dummy), np.float32(delta),
+                                                   nthreads)
             want = kernels.hist_checked_items(raw, bins, items, npt, norm, dark, True,
                                               np.float32(dummy), np.float32(delta), nthreads)
         np.testing.assert_allclose(got, want, rtol=1e-12)

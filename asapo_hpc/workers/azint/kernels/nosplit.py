@@ -174,14 +174,14 @@ def _aligned_rows(buf, nt, per_thread, align):
 
 
 @njit(parallel=True, cache=True)
-def hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts, nthreads):
+def hist_quads_items(raw, items, qidx, off, list_pix, list_bin, used, npt, counts, nthreads):
     """:func:`hist_packed_items` reading pixel quads' entries instead of bins.
 
     The same sums, bit for bit, from the frame + 2 B of entry per four pixels: the tables
     of :func:`quad_table` (built once per geometry and items) replace the bin index; one
     32-byte update per quad; the listed pixels go through work items of their own, one at
-    a time. Same frames, limits and packing as :func:`hist_packed_items`. Returns (Σraw,
-    Σmax(raw, 1)).
+    a time; only the quad types in ``used`` are zeroed and added up. Same frames, limits
+    and packing as :func:`hist_packed_items`. Returns (Σraw, Σmax(raw, 1)).
     """
     nt = max(1, nthreads)  # numba.get_num_threads() here would defeat the disk cache
     lanes = 2 if npt < QUAD_TWO_LANES_BELOW else 1
@@ -195,7 +195,7 @@ def hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts, nth
     mask = _low(shift)
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
-        acc[t, :] = 0  # each thread zeroes its own rows (in parallel)
+        _zero_quad_rows(acc[t], lanes, npt, used, 4)  # each thread its own (in parallel)
         while True:
             c = fetch_add(counter, 0, 1)
             if c >= nitems:
@@ -210,13 +210,36 @@ def hist_quads_items(raw, items, qidx, off, list_pix, list_bin, npt, counts, nth
     for t in range(nt):
         for b in range(npt):
             total[b] += single[t, b]
-        for lane in range(lanes):
-            for ty in range(QUAD_TYPES):
-                for b in range(npt):  # row npt of type 0: quads of no type, never read
-                    e = 4 * (lane * ne + ty * (npt + 1) + b)
-                    for h in range(4):
-                        total[b + QUAD_OFFSETS[ty, h]] += acc[t, e + h]
+        _fold_quad_rows(acc[t], lanes, npt, used, 4, 0, total)
     return _unpacked(total, shift)
+
+
+@njit(inline="always")
+def _zero_quad_rows(rows, lanes, npt, used, width):
+    """Zero the entries of the ``used`` quad types in every sub-histogram of ``rows``
+    (entries of ``width`` elements, T-major: type T's npt + 1 entries in a block)."""
+    block = (npt + 1) * width
+    for lane in range(lanes):
+        for ty in range(QUAD_TYPES):
+            if used[ty]:
+                start = (lane * QUAD_TYPES + ty) * block
+                rows[start:start + block] = 0
+
+
+@njit(inline="always")
+def _fold_quad_rows(rows, lanes, npt, used, width, first, target):
+    """Slot ``first + h`` of every entry (T, b) of the used types into ``target[b +
+    QUAD_OFFSETS[T, h]]`` (row npt of type 0, quads of no type, is never read)."""
+    block = (npt + 1) * width
+    for lane in range(lanes):
+        for ty in range(QUAD_TYPES):
+            if not used[ty]:
+                continue
+            start = (lane * QUAD_TYPES + ty) * block + first
+            for h in range(4):
+                d = QUAD_OFFSETS[ty, h]
+                for b in range(npt):
+                    target[b + d] += rows[start + b * width + h]
 
 
 @njit(inline="always")
@@ -311,7 +334,7 @@ def _add_invalid_pixel(invalid, b, p, norm, dark):
 
 
 @njit(parallel=True, cache=True)
-def hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin, npt, norm, dark,
+def hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin, used, npt, norm, dark,
                              check_dummy, dummy, delta_dummy, nthreads):
     """:func:`hist_checked_items` over the quad table of :func:`hist_quads_items`.
 
@@ -333,7 +356,7 @@ def hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin, npt, nor
     last = raw.size - 1
     counter = np.zeros(1, np.int64)
     for t in prange(nt):  # one iteration per thread; work items from the counter
-        acc[t, :] = 0.0
+        _zero_quad_rows(acc[t], lanes, npt, used, 8)
         while True:
             c = fetch_add(counter, 0, 1)
             if c >= nitems:
@@ -354,13 +377,8 @@ def hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin, npt, nor
                 out[1, b] += single[t, k, b, 1]
             for q in range(4):
                 out[2 + q, b] += invalid[t, b, q]
-        for lane in range(lanes):
-            for ty in range(QUAD_TYPES):
-                for b in range(npt):  # row npt of type 0: quads of no type, never read
-                    e = 8 * (lane * ne + ty * (npt + 1) + b)
-                    for h in range(4):
-                        out[0, b + QUAD_OFFSETS[ty, h]] += acc[t, e + h]
-                        out[1, b + QUAD_OFFSETS[ty, h]] += acc[t, e + 4 + h]
+        _fold_quad_rows(acc[t], lanes, npt, used, 8, 0, out[0])  # values
+        _fold_quad_rows(acc[t], lanes, npt, used, 8, 4, out[1])  # variances
     return out
 
 

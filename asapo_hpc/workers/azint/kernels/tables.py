@@ -14,6 +14,7 @@ from asapo_hpc.workers.azint.kernels.constants import (
     CHUNK,
     QUAD_MAX_BINS,
     QUAD_TYPE_OF_STEPS,
+    QUAD_TYPES,
     WEIGHT_ONE,
 )
 
@@ -301,14 +302,18 @@ def quad_table(bins, items, npt):
     npt at most :data:`QUAD_MAX_BINS`, so that a sub-histogram stays under 0.5 MB). A quad
     of no type gets entry ``npt`` (row npt of type 0: never read) and its valid pixels are
     listed (pixel, bin), as are an item's last 1 to 3 pixels. Returns (qidx, off, list_pix
-    int64, list_bin int64, quads listed).
+    int64, list_bin int64, used: uint8 per quad type, 1 where a quad has it (type 0
+    always), quads listed).
     """
     if npt > QUAD_MAX_BINS:
         raise ValueError(f"the quad pass takes at most {QUAD_MAX_BINS} bins, not {npt}")
     off = _quad_offsets(items)
     qidx = np.empty(off[-1], np.uint16)
     list_pix, list_bin, listed = _quad_fill(bins, items, off, npt, qidx, QUAD_TYPE_OF_STEPS)
-    return qidx, off, list_pix, list_bin, listed
+    used = np.zeros(QUAD_TYPES, np.uint8)
+    used[np.unique(qidx // (npt + 1))] = 1
+    used[0] = 1  # entry npt (quads of no type) is in type 0's block
+    return qidx, off, list_pix, list_bin, used, listed
 
 
 @njit(cache=True)
