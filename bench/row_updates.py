@@ -5,7 +5,7 @@ Every per-frame pass of ``asapo_hpc.workers.azint`` is, at heart, a loop of read
 of histogram rows chosen by a per-pixel index: the no-split quad pass one 32-byte update per
 four pixels, the one-pixel pass one 8-byte update per pixel, the split passes one 32-byte
 update per pixel. This bench times the bare loop (load an index and a value, add the value to
-the indexed row: 8, 16, 32 or 64 bytes) over rows in tables of several sizes, random
+the indexed row: 8, 16, 32 or 64 bytes, rows 64-byte aligned) over tables of several sizes, random
 rows (no chains of equal rows) and runs of 3 equal rows (the passes' typical run length), on
 one thread; then the passes themselves on one thread (3072 x 3072 uint16 frame, 1000 bins,
 as ``bench/azint.py``), per update. A pass at or below the bare loop's cost per update is
@@ -66,6 +66,14 @@ def _row_add(width: int):
     return loop
 
 
+def _aligned_zeros(n: int) -> np.ndarray:
+    """n uint64 zeros starting on a 64-byte boundary, as the passes' histograms: a row
+    across two cache lines would measure the split, not the update."""
+    buf = np.zeros(n + 8, np.uint64)
+    skip = (-buf.ctypes.data % 64) // 8
+    return buf[skip:skip + n]
+
+
 def median_time(fn, repeats: int) -> float:
     fn()  # compilation, first touch
     times = []
@@ -83,7 +91,7 @@ def bare_updates(repeats: int, n: int = 1 << 22) -> list[dict]:
     for width in WIDTHS:
         loop = _row_add(width)
         for nrows in ROWS:
-            flat = np.zeros(nrows * width, np.uint64)
+            flat = _aligned_zeros(nrows * width)
             for pattern, rows in (("random", rng.integers(0, nrows, n)),
                                   ("runs of 3", np.arange(n) // 3 % nrows)):
                 rows = rows.astype(np.uint16)
