@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from importlib import import_module
 from pathlib import Path
@@ -30,6 +29,11 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+try:  # python -m bench.row_updates
+    from bench.azint import median_time
+except ImportError:  # python bench/row_updates.py (bench/ is sys.path[0])
+    from azint import median_time
 
 WIDTHS = (1, 2, 4, 8)  # uint64 per row: 8, 16, 32, 64 bytes
 ROWS = (256, 1000, 4000)
@@ -72,16 +76,6 @@ def _aligned_zeros(n: int) -> np.ndarray:
     buf = np.zeros(n + 8, np.uint64)
     skip = (-buf.ctypes.data % 64) // 8
     return buf[skip:skip + n]
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # compilation, first touch
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bare_updates(repeats: int, n: int = 1 << 22) -> list[dict]:

@@ -141,6 +141,14 @@ def hist_packed_items(raw, bins, items, npt, counts, nthreads):
 
 
 @njit(inline="always")
+def _prefetch_quads(raw, qidx, p, k, last):
+    """Prefetch (non-temporal) the frame PREFETCH_AHEAD pixels past pixel p and the quad
+    entries as far past quad k, inside the arrays."""
+    prefetch_nta(raw, min(np.int64(p) + PREFETCH_AHEAD, last))
+    prefetch_nta(qidx, min(np.int64(k) + PREFETCH_AHEAD // 4, qidx.size - 1))
+
+
+@njit(inline="always")
 def _quads_item(raw, qidx, i0, k0, nquads, last, flat, lane1, mask):
     """Quads k0 .. k0 + nquads of ``qidx`` (pixels from i0) into ``flat``, every second quad
     ``lane1`` rows on (0: one sub-histogram); the frame and the entries prefetched ahead
@@ -150,9 +158,7 @@ def _quads_item(raw, qidx, i0, k0, nquads, last, flat, lane1, mask):
     nb = n // block * block
     p0, q0 = np.uint64(i0), np.uint64(k0)
     for q in range(np.uint64(0), nb, block):
-        ahead = min(np.int64(p0 + 4 * q) + PREFETCH_AHEAD, last)
-        prefetch_nta(raw, ahead)
-        prefetch_nta(qidx, min(np.int64(q0 + q) + PREFETCH_AHEAD // 4, qidx.size - 1))
+        _prefetch_quads(raw, qidx, p0 + 4 * q, q0 + q, last)
         for j in range(q, q + block, np.uint64(2)):
             add_quad(flat, raw, qidx, p0 + 4 * j, q0 + j, 0, mask)
             add_quad(flat, raw, qidx, p0 + 4 * j + np.uint64(4), q0 + j + np.uint64(1), lane1,
@@ -297,8 +303,15 @@ def hist_checked_items(raw, bins, items, npt, norm, dark, check_dummy, dummy, de
             for p in range(i4, i1):
                 _checked_add(raw, bins, p, p, vt, 0, it, norm, dark, check_dummy, dummy,
                              delta_dummy)
+    return _checked_totals(valid, invalid, npt)
+
+
+@njit(inline="always")
+def _checked_totals(valid, invalid, npt):
+    """(6, npt): the valid pixels' Σv, Σmax(v, 1) over every thread and lane, then the
+    invalid pixels' four sums over every thread."""
     out = np.zeros((6, npt))
-    for t in range(nt):
+    for t in range(valid.shape[0]):
         for b in range(npt):
             for k in range(LANES):
                 out[0, b] += valid[t, k, b, 0]
@@ -369,14 +382,8 @@ def hist_quads_checked_items(raw, items, qidx, off, list_pix, list_bin, used, np
             for m in range((c - nit) * CHUNK, min(list_pix.size, (c - nit + 1) * CHUNK)):
                 _checked_add(raw, list_bin, list_pix[m], m, single[t], m % LANES, invalid[t],
                              norm, dark, check_dummy, dummy, delta_dummy)
-    out = np.zeros((6, npt))
+    out = _checked_totals(single, invalid, npt)
     for t in range(nt):
-        for b in range(npt):
-            for k in range(LANES):
-                out[0, b] += single[t, k, b, 0]
-                out[1, b] += single[t, k, b, 1]
-            for q in range(4):
-                out[2 + q, b] += invalid[t, b, q]
         _fold_quad_rows(acc[t], lanes, npt, used, 8, 0, out[0])  # values
         _fold_quad_rows(acc[t], lanes, npt, used, 8, 4, out[1])  # variances
     return out
@@ -392,9 +399,7 @@ def _checked_quads_item(raw, qidx, i0, k0, nquads, last, flat, lane1, npt, norm,
     nb = n // block * block
     p0, q0 = np.uint64(i0), np.uint64(k0)
     for q in range(np.uint64(0), nb, block):
-        ahead = min(np.int64(p0 + 4 * q) + PREFETCH_AHEAD, last)
-        prefetch_nta(raw, ahead)
-        prefetch_nta(qidx, min(np.int64(q0 + q) + PREFETCH_AHEAD // 4, qidx.size - 1))
+        _prefetch_quads(raw, qidx, p0 + 4 * q, q0 + q, last)
         for j in range(q, q + block, np.uint64(2)):
             p, k = p0 + 4 * j, q0 + j
             bad0 = add_quad_float(flat, raw, qidx, p, k, 0, check_dummy, dummy, delta_dummy)
