@@ -312,9 +312,9 @@ class Corrections:
         return kernels.PACK48_MAX_BIN_PIXELS
 
     def quad_tables(self, start: int, stop: int) -> tuple | None:
-        """Tables of the quad pass over ``work_items(start, stop)`` (qidx, off, listed
-        pixels, their bins; see :func:`kernels.quad_table`), or None where the one-pixel
-        pass is the faster (:data:`QUADS_MAX_LISTED`); cached."""
+        """Tables of the quad passes over ``work_items(start, stop)`` (qidx, off, listed
+        pixels, their bins, the quad types used; see :func:`kernels.quad_table`), or None
+        where the one-pixel passes are the faster (:data:`QUADS_MAX_LISTED`); cached."""
         key = (start, stop)
         if key not in self._quads:
             tables = None

@@ -50,11 +50,17 @@ QUAD_TYPES = len(QUAD_OFFSETS)
 #: each call zeroes and adds up; the one-pixel passes take more bins (cakes, say).
 QUAD_MAX_BINS = (1 << 16) // QUAD_TYPES - 1
 
+
+def _type_of_steps(offsets: np.ndarray) -> np.ndarray:
+    table = np.full((3, 3, 3), -1, np.int64)
+    for t, d in enumerate(offsets):
+        table[tuple(np.diff(d) + 1)] = t
+    return table
+
+
 #: Type of a quad by its three steps: QUAD_TYPE_OF_STEPS[s1 + 1, s2 + 1, s3 + 1], -1 for
 #: steps no type has (a jump of 2 or more, or up then down)
-QUAD_TYPE_OF_STEPS = np.full((3, 3, 3), -1, np.int64)
-for _t, _d in enumerate(QUAD_OFFSETS):
-    QUAD_TYPE_OF_STEPS[tuple(np.diff(_d) + 1)] = _t
+QUAD_TYPE_OF_STEPS = _type_of_steps(QUAD_OFFSETS)
 
 #: The quad pass puts consecutive quads into two sub-histograms below this many bins (wide
 #: bins: long runs of one entry, whose store-to-load chains a second one breaks) and into one
