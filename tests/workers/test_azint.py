@@ -119,16 +119,19 @@ def _random_pixels(n, rng):
     return center, delta, corner_rad, corner_chi, valid
 
 
-def test_csr_builders_match_reference():
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_csr_builders_match_reference(nthreads):
+    """Built in parallel pixel chunks, each bin's entries still in pixel order, on any
+    thread count."""
     rng = np.random.default_rng(3)
-    center, delta, crad, cchi, valid = _random_pixels(3000, rng)
+    center, delta, crad, cchi, valid = _random_pixels(3001, rng)
     lo, hi, npt = 0.05, 0.95, 60
-    for got, ref in [
-        (kernels.bbox_csr(center, delta, valid, lo, hi, npt),
-         reference.bbox_csr_reference(center, delta, valid, lo, hi, npt)),
-        (kernels.full_csr(crad, cchi, valid, lo, hi, npt),
-         reference.full_csr_reference(crad, cchi, valid, lo, hi, npt)),
-    ]:
+    with _threads(min(nthreads, numba.config.NUMBA_NUM_THREADS)):
+        built = [kernels.bbox_csr(center, delta, valid, lo, hi, npt),
+                 kernels.full_csr(crad, cchi, valid, lo, hi, npt)]
+    refs = [reference.bbox_csr_reference(center, delta, valid, lo, hi, npt),
+            reference.full_csr_reference(crad, cchi, valid, lo, hi, npt)]
+    for got, ref in zip(built, refs, strict=True):
         np.testing.assert_array_equal(got[2], ref[2])
         np.testing.assert_array_equal(got[1], ref[1])
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-6, atol=1e-7)
@@ -493,6 +496,20 @@ def test_pixel_table_matches_reference():
         for got, want in zip(ex, ref[2:], strict=True):
             np.testing.assert_array_equal(got, want)
         assert 0 < ex[0].size < data.size  # both kinds present in this random matrix
+
+
+def test_corner_spans_equal_numpy():
+    """The bounding-box half-widths and the corner extremes the split engines take, against
+    NumPy's expressions, bit for bit (NaN-free positions of any sign and order)."""
+    rng = np.random.default_rng(24)
+    crad = rng.normal(0.0, 3.0, (10001, 4))
+    crad[::7] = crad[::7, ::-1]
+    center = crad.mean(axis=1) + rng.normal(0.0, 0.1, 10001)
+    np.testing.assert_array_equal(kernels.corner_delta(crad, center),
+                                  np.abs(crad - center[:, None]).max(axis=1))
+    lo, hi = kernels.corner_min_max(crad)
+    np.testing.assert_array_equal(lo, crad.min(axis=1))
+    np.testing.assert_array_equal(hi, crad.max(axis=1))
 
 
 def test_pixel_table_lists_pairs_not_in_fixed_point():

@@ -157,10 +157,10 @@ class CsrEngine(_Engine):
         if key.method[0] == "bbox":
             p1, p2 = det.centers()
             center = internal_radial(geom, key.unit, p1, p2, det.centers_p3()).ravel()
-            delta = np.abs(crad - center[:, None]).max(axis=1)
+            delta = kernels.corner_delta(crad, center)
             lo, maxin = center - delta, center + delta
         else:
-            lo, maxin = crad.min(axis=1), crad.max(axis=1)
+            lo, maxin = kernels.corner_min_max(crad)
         self.lo, self.hi = self._range(key.radial_range, lo[self.valid], maxin[self.valid])
         if key.method[0] == "bbox":
             data, indices, indptr = kernels.bbox_csr(center, delta, self.valid, self.lo,

@@ -65,6 +65,8 @@ from asapo_hpc.workers.azint.kernels.tables import (  # noqa: F401 - the package
     bbox_csr,
     bin_index,
     chunk_items,
+    corner_delta,
+    corner_min_max,
     csr_static_sums,
     full_csr,
     hist_static_sums,

@@ -46,55 +46,109 @@ def bin_index(pos, valid, lo, hi, edges, npt, out):
     return out
 
 
+@njit(parallel=True, cache=True)
+def corner_delta(corner_rad, center):
+    """Per pixel, the largest |corner - centre| of its (npix, 4) corner radial positions:
+    the half-width of its bounding box (the same as NumPy's ``np.abs(corner_rad -
+    center[:, None]).max(axis=1)``, without the (npix, 4) temporaries; 9.4 Mpixel: ~0.4 s
+    -> tens of ms)."""
+    out = np.empty(center.size)
+    for j in prange(center.size):
+        c = center[j]
+        out[j] = max(max(abs(corner_rad[j, 0] - c), abs(corner_rad[j, 1] - c)),
+                     max(abs(corner_rad[j, 2] - c), abs(corner_rad[j, 3] - c)))
+    return out
+
+
+@njit(parallel=True, cache=True)
+def corner_min_max(corner_rad):
+    """Per pixel, the smallest and largest of its four corner radial positions (NumPy's
+    ``min(axis=1)`` and ``max(axis=1)`` of an (npix, 4) array: ~0.9 s for 9.4 Mpixel)."""
+    n = corner_rad.shape[0]
+    lo, hi = np.empty(n), np.empty(n)
+    for j in prange(n):
+        a, b, c, d = corner_rad[j, 0], corner_rad[j, 1], corner_rad[j, 2], corner_rad[j, 3]
+        lo[j] = min(min(a, b), min(c, d))
+        hi[j] = max(max(a, b), max(c, d))
+    return lo, hi
+
+
+#: Pixel chunks of the CSR builders: each counts and then fills its own entries, in parallel;
+#: a bin's entries come chunk after chunk, so in pixel order as one serial pass makes them
+CSR_CHUNKS = 16
+
+
+@njit(inline="always")
+def _chunk_bounds(n, c):
+    return c * n // CSR_CHUNKS, (c + 1) * n // CSR_CHUNKS
+
+
 @njit(cache=True)
-def _csr_arrays(counts, npt):
-    """The second pass's CSR arrays from the first pass's entries per bin: (indptr, the
-    next free entry of every bin, data, indices)."""
+def _chunk_csr_arrays(counts, npt):
+    """The CSR arrays from every chunk's entries per bin (CSR_CHUNKS, npt): (indptr, the
+    first free entry of every chunk in every bin, data, indices)."""
     indptr = np.zeros(npt + 1, np.int32)
+    fill = np.empty_like(counts)
     for b in range(npt):
-        indptr[b + 1] = indptr[b] + counts[b]
-    return (indptr, indptr[:-1].copy(), np.empty(indptr[-1], np.float32),
-            np.empty(indptr[-1], np.int32))
+        at = indptr[b]
+        for c in range(CSR_CHUNKS):
+            fill[c, b] = at
+            at += counts[c, b]
+        indptr[b + 1] = at
+    return indptr, fill, np.empty(indptr[-1], np.float32), np.empty(indptr[-1], np.int32)
 
 
-@njit(cache=True)
+@njit(inline="always")
+def _put(row, b, i, w, data, indices, write):
+    """Count an entry of bin b in ``row`` (first pass), or write it at ``row[b]`` (second
+    pass, ``row`` the chunk's next free entries)."""
+    if write:
+        data[row[b]] = w
+        indices[row[b]] = i
+    row[b] += 1
+
+
+@njit(parallel=True, cache=True)
 def bbox_csr(center, delta, valid, lo, hi, npt):
     """CSR (data, indices, indptr) of pyFAI's 1-D bounding-box split (see reference)."""
-    width = (hi - lo) / npt
-    counts = np.zeros(npt, np.int64)
-    for two_pass in range(2):
-        if two_pass == 1:
-            indptr, fill, data, indices = _csr_arrays(counts, npt)
-        for i in range(center.size):
-            if not valid[i]:
-                continue
-            fmin = (center[i] - delta[i] - lo) / width
-            fmax = (center[i] + delta[i] - lo) / width
-            bmin = int(fmin)
-            bmax = int(fmax)
-            if bmax < 0 or bmin >= npt:
-                continue
-            bmin = max(bmin, 0)
-            bmax = min(bmax, npt - 1)
-            inv = 1.0 / (fmax - fmin) if bmax > bmin else 1.0
-            for b in range(bmin, bmax + 1):
-                if two_pass == 0:
-                    counts[b] += 1
-                    continue
-                if bmin == bmax:
-                    w = 1.0
-                elif bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
-                    w = np.float32(1.0) - np.float32(inv * (bmin + 1 - fmin))
-                elif b == bmin:
-                    w = inv * (bmin + 1 - fmin)
-                elif b == bmax:
-                    w = inv * (fmax - bmax)
-                else:
-                    w = inv
-                data[fill[b]] = w
-                indices[fill[b]] = i
-                fill[b] += 1
+    counts = np.zeros((CSR_CHUNKS, npt), np.int64)
+    nodata, noindex = np.empty(0, np.float32), np.empty(0, np.int32)
+    for c in prange(CSR_CHUNKS):
+        _bbox_chunk(c, center, delta, valid, lo, hi, npt, counts[c], nodata, noindex, False)
+    indptr, fill, data, indices = _chunk_csr_arrays(counts, npt)
+    for c in prange(CSR_CHUNKS):
+        _bbox_chunk(c, center, delta, valid, lo, hi, npt, fill[c], data, indices, True)
     return data, indices, indptr
+
+
+@njit(inline="always")
+def _bbox_chunk(c, center, delta, valid, lo, hi, npt, row, data, indices, write):
+    width = (hi - lo) / npt
+    first, stop = _chunk_bounds(center.size, c)
+    for i in range(first, stop):
+        if not valid[i]:
+            continue
+        fmin = (center[i] - delta[i] - lo) / width
+        fmax = (center[i] + delta[i] - lo) / width
+        bmin = int(fmin)
+        bmax = int(fmax)
+        if bmax < 0 or bmin >= npt:
+            continue
+        bmin = max(bmin, 0)
+        bmax = min(bmax, npt - 1)
+        inv = 1.0 / (fmax - fmin) if bmax > bmin else 1.0
+        for b in range(bmin, bmax + 1):
+            if bmin == bmax:
+                w = 1.0
+            elif bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
+                w = np.float32(1.0) - np.float32(inv * (bmin + 1 - fmin))
+            elif b == bmin:
+                w = inv * (bmin + 1 - fmin)
+            elif b == bmax:
+                w = inv * (fmax - bmax)
+            else:
+                w = inv
+            _put(row, b, i, w, data, indices, write)
 
 
 @njit(cache=True)
@@ -124,52 +178,52 @@ def _unwrap(chi, out):
             chi[k] + 2 * math.pi if d < -math.pi else chi[k])
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def full_csr(corner_rad, corner_chi, valid, lo, hi, npt):
     """CSR of pyFAI's 1-D full split: polygon area in (radial, chi) per radial bin."""
+    counts = np.zeros((CSR_CHUNKS, npt), np.int64)
+    nodata, noindex = np.empty(0, np.float32), np.empty(0, np.int32)
+    for c in prange(CSR_CHUNKS):
+        _full_chunk(c, corner_rad, corner_chi, valid, lo, hi, npt, counts[c], nodata, noindex,
+                    False)
+    indptr, fill, data, indices = _chunk_csr_arrays(counts, npt)
+    for c in prange(CSR_CHUNKS):
+        _full_chunk(c, corner_rad, corner_chi, valid, lo, hi, npt, fill[c], data, indices,
+                    True)
+    return data, indices, indptr
+
+
+@njit(inline="always")
+def _full_chunk(c, corner_rad, corner_chi, valid, lo, hi, npt, row, data, indices, write):
     width = (hi - lo) / npt
-    counts = np.zeros(npt, np.int64)
     x = np.empty(4)
     y = np.empty(4)
     buf = np.empty(npt + 2)
-    for two_pass in range(2):
-        if two_pass == 1:
-            indptr, fill, data, indices = _csr_arrays(counts, npt)
-        for i in range(corner_rad.shape[0]):
-            if not valid[i]:
-                continue
-            for k in range(4):
-                x[k] = (corner_rad[i, k] - lo) / width
-            xmin, xmax = x.min(), x.max()
-            if xmax < 0 or xmin >= npt:
-                continue
-            bmin, bmax = int(math.floor(xmin)), int(math.floor(xmax))
-            if bmin == bmax:
-                if two_pass == 0:
-                    counts[bmin] += 1
-                else:
-                    data[fill[bmin]] = 1.0
-                    indices[fill[bmin]] = i
-                    fill[bmin] += 1
-                continue
-            bmin, bmax = max(0, bmin), min(npt - 1, bmax)
-            _unwrap(corner_chi[i], y)
-            areas = buf[: bmax - bmin + 1]
-            _strip_areas(x, y, bmin, bmax, areas)
-            total = areas.sum()
-            if total == 0.0:
-                continue
-            for b in range(bmin, bmax + 1):
-                if two_pass == 0:
-                    counts[b] += 1
-                else:
-                    w = areas[b - bmin] / total
-                    if bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
-                        w = np.float32(1.0) - np.float32(areas[0] / total)
-                    data[fill[b]] = w
-                    indices[fill[b]] = i
-                    fill[b] += 1
-    return data, indices, indptr
+    first, stop = _chunk_bounds(corner_rad.shape[0], c)
+    for i in range(first, stop):
+        if not valid[i]:
+            continue
+        for k in range(4):
+            x[k] = (corner_rad[i, k] - lo) / width
+        xmin, xmax = x.min(), x.max()
+        if xmax < 0 or xmin >= npt:
+            continue
+        bmin, bmax = int(math.floor(xmin)), int(math.floor(xmax))
+        if bmin == bmax:
+            _put(row, bmin, i, 1.0, data, indices, write)
+            continue
+        bmin, bmax = max(0, bmin), min(npt - 1, bmax)
+        _unwrap(corner_chi[i], y)
+        areas = buf[: bmax - bmin + 1]
+        _strip_areas(x, y, bmin, bmax, areas)
+        total = areas.sum()
+        if total == 0.0:
+            continue
+        for b in range(bmin, bmax + 1):
+            w = areas[b - bmin] / total
+            if bmax == bmin + 1 and b == bmax:  # pair: weights sum to 1 exactly
+                w = np.float32(1.0) - np.float32(areas[0] / total)
+            _put(row, b, i, w, data, indices, write)
 
 
 @njit(cache=True)
