@@ -35,11 +35,6 @@ logger = logging.getLogger(__name__)
 
 ERROR_MODELS = ("poisson", None)
 
-#: frames the checked no-split pass reads four pixels at a time (kernels.add_quad_float);
-#: wider ones (float64, 64-bit integers) one at a time
-QUAD_CHECKED_FRAMES = tuple(np.dtype(t) for t in (np.float32, np.uint8, np.uint16, np.uint32,
-                                                  np.int8, np.int16, np.int32))
-
 
 def _identity(arr: np.ndarray | None):
     """Cache key of a calibration array: identity and buffer address (not its content)."""
@@ -376,7 +371,8 @@ class AzimuthalIntegrator:
             return out
         items, norm, dark = (corr.work_items(start, stop), corr.norm[start:stop],
                              corr.dark[start:stop])
-        quads = corr.quad_tables(start, stop) if raw.dtype in QUAD_CHECKED_FRAMES else None
+        vector = raw.dtype.name in kernels.VECTOR_FRAME_TYPES
+        quads = corr.quad_tables(start, stop) if vector else None
         if quads is not None:  # float32 and <= 32-bit integer frames: four pixels an update
             return self._run("hist_quads_checked", kernels.hist_quads_checked_items, raw,
                              items, *quads, engine.npt, norm, dark, check_dummy, d, dd)

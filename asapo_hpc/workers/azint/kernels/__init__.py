@@ -32,6 +32,7 @@ from asapo_hpc.workers.azint.kernels.constants import (  # noqa: F401 - the pack
     QUAD_TYPES,
     SPLIT_LANES,
     SPLIT_U16_MAX_BIN_PIXELS,
+    VECTOR_FRAME_TYPES,
     WEIGHT_ONE,
 )
 from asapo_hpc.workers.azint.kernels.finish import (  # noqa: F401 - the package's names

@@ -80,6 +80,10 @@ CHUNK = 1 << 14
 #: the store-to-load chains 2 left (uint16 pass on one thread: 10.0 -> 8.8 ms; 8: no gain).
 SPLIT_LANES = 4
 
+#: Frame types the float passes read four pixels at a time, in vectors, as float32 (like
+#: pyFAI): up to 32 bits. Wider ones (float64, 64-bit integers) go one pixel at a time.
+VECTOR_FRAME_TYPES = ("uint8", "uint16", "uint32", "int8", "int16", "int32", "float32")
+
 #: Fixed-point unit of the split weights of two-bin pixels: the engines round the weight of
 #: the second bin to a multiple of 1/WEIGHT_ONE (:func:`quantize_pairs`), the pixel table
 #: stores it as a uint16 count of those, and the uint16 pass sums in exact integers.

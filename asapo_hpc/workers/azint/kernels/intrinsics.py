@@ -9,7 +9,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from asapo_hpc.workers.azint.kernels.constants import SPLIT_LANES, WEIGHT_ONE
+from asapo_hpc.workers.azint.kernels.constants import SPLIT_LANES, VECTOR_FRAME_TYPES, WEIGHT_ONE
 
 
 @intrinsic
@@ -202,10 +202,8 @@ def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
     return sig, codegen
 
 
-#: frame types :func:`split_add4_float` and :func:`add_quad_float` read (as float32, like
-#: pyFAI)
-FLOAT_ROW_FRAMES = (types.uint8, types.uint16, types.uint32, types.int8, types.int16,
-                    types.int32, types.float32)
+#: :data:`VECTOR_FRAME_TYPES` as Numba types (:func:`split_add4_float`, :func:`add_quad_float`)
+FLOAT_ROW_FRAMES = tuple(getattr(types, name) for name in VECTOR_FRAME_TYPES)
 
 
 def _float32x4(builder, data, p, frame):

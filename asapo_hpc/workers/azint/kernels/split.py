@@ -1,5 +1,6 @@
-"""Split-mode per-frame passes: the pixel-table passes of integer frames (uint16 in exact
-integers, four pixels at a time) and the CSR gather for frames that need per-pixel checks."""
+"""Split-mode per-frame passes: the pixel-table passes (uint16 frames in exact integers,
+others in float, four pixels at a time in registers; frames that need per-pixel checks
+block by block) and the CSR gather for bins narrower than pixels."""
 
 from __future__ import annotations
 
