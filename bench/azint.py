@@ -1,12 +1,15 @@
 """Radial integration benchmark: asapo_hpc's Numba engines vs pyFAI's CPU engines.
 
-3072 x 3072 frame (uint16), 55 um pixels, dist 0.2 m, beam centred, 1000 bins in 2th_deg;
-both sides may use every core. Median of several repeats after a warm-up; our side is timed
-end to end (``integrate1d``: argument checks, cache look-ups, the per-frame kernel, the
-result arrays), after enough warm-up calls for its per-pass thread-count choice to settle,
-as in a stream of frames ("thr": the count it runs next). Also prints the per-frame kernel
-alone (same arrays) on 1 thread and on all, and the memory-bandwidth floor of the pass:
-the bytes it must read (frame + per-pixel tables: no split 2 B of quad entry per four
+3072 x 3072 frames (uint16), 55 um pixels, dist 0.2 m, beam centred, 1000 bins in 2th_deg;
+both sides may use every core. Every timed call takes the next of FRAMES different frames, as
+in a stream: together they are larger than this VM's 32 MB L3 cache, so a call reads its
+frame from memory (one frame reused call after call stayed partly in L3: the no-split pass
+ran 10-15 % faster than on rotating frames). Median of several repeats after a warm-up; our
+side is timed end to end (``integrate1d``: argument checks, cache look-ups, the per-frame
+kernel, the result arrays), after enough warm-up calls for its per-pass thread-count choice
+to settle ("thr": the count it runs next). Also prints the per-frame kernel alone (same
+tables, the same rotating frames) on 1 thread and on all, and the memory-bandwidth floor of
+the pass: the bytes it must read (frame + per-pixel tables: no split 2 B of quad entry per four
 pixels and the short list of pixels not in quads, or a 2 B bin index where the one-pixel pass
 runs; split modes a bin index, a uint16 fixed-point weight and the short list of 3+-bin
 pixels) / the machine's streaming-read rate, measured in the same run, the higher of numpy's
@@ -22,17 +25,26 @@ Prints a table and writes bench/results/azint.json; never asserts.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import statistics
 import time
-from functools import partial
 from importlib import import_module
 from pathlib import Path
 
 import numba
 import numpy as np
+
+#: distinct frames the timed calls cycle through (4 x 18.9 MB of uint16)
+FRAMES = 4
+
+
+def rotating(fn, frames):
+    """A call of ``fn`` on the next of ``frames`` each time (see the module docstring)."""
+    it = itertools.cycle(frames)
+    return lambda: fn(next(it))
 
 
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
@@ -89,17 +101,19 @@ def main() -> None:
     pdet = pyFAI.detectors.Detector(pix, pix, max_shape=(n, n))
     theirs = PyFAIIntegrator(dist=g.dist, poni1=g.poni1, poni2=g.poni2, detector=pdet,
                              wavelength=g.wavelength)
-    frame = np.random.default_rng(0).poisson(100, (n, n)).astype(np.uint16)
+    rng = np.random.default_rng(0)
+    frames = [rng.poisson(100, (n, n)).astype(np.uint16) for _ in range(FRAMES)]
+    frame = frames[0]  # its size and type stand for all
     rates = stream_read_rates()
     rate = max(rates.values())  # the machine's read ceiling: the floor must not flatter us
     max_threads = numba.get_num_threads()
 
-    def run_ours(method):
-        return lambda: ours.integrate1d(frame, npt, unit=unit, method=method)
+    def run_ours(method, frames=frames):
+        return rotating(lambda f: ours.integrate1d(f, npt, unit=unit, method=method), frames)
 
     def run_pyfai(method):
-        return lambda: theirs.integrate1d(frame, npt, unit=unit, method=method,
-                                          error_model="poisson")
+        return rotating(lambda f: theirs.integrate1d(f, npt, unit=unit, method=method,
+                                                     error_model="poisson"), frames)
 
     rows = []
     t_pyfai = {}
@@ -134,7 +148,9 @@ def main() -> None:
         t_kernel = {}
         for nt in sorted({1, max_threads}):  # the pass alone, same arrays, each thread count
             numba.set_num_threads(nt)
-            t_kernel[nt] = median_time(partial(fn, *arrays, npt, nt), args.repeats)
+            t_kernel[nt] = median_time(rotating(
+                lambda raw, fn=fn, rest=arrays[1:], nt=nt: fn(raw, *rest, npt, nt),
+                [f.ravel() for f in frames]), args.repeats)
         numba.set_num_threads(max_threads)
         nbytes = sum(a.nbytes for a in arrays)
         floor = nbytes / rate
@@ -174,17 +190,17 @@ def main() -> None:
     by_type = {}
     if args.frame_types:  # which pass a frame type gets: docs/azint.md
         for dtype in (np.uint16, np.uint32, np.float32):
-            typed = frame.astype(dtype)
+            typed = [f.astype(dtype) for f in frames]
             by_type[np.dtype(dtype).name] = {
-                m: 1e3 * median_time(partial(ours.integrate1d, typed, npt, unit=unit, method=m),
-                                     args.repeats, args.warmup) for m in ("no", "bbox", "full")}
+                m: 1e3 * median_time(run_ours(m, typed), args.repeats, args.warmup)
+                for m in ("no", "bbox", "full")}
         print("ours end to end by frame type (ms): " + "; ".join(
             f"{k} " + " / ".join(f"{m} {v:.2f}" for m, v in t.items())
             for k, t in by_type.items()))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     result = dict(
-        frame_shape=[n, n], npt=npt, unit=unit, repeats=args.repeats,
+        frame_shape=[n, n], frames=FRAMES, npt=npt, unit=unit, repeats=args.repeats,
         numba_threads=numba.get_num_threads(), cpus=os.cpu_count(),
         machine=platform.machine(), stream_read_GBps=rate / 1e9,
         stream_read_rates_GBps={k: v / 1e9 for k, v in rates.items()},

@@ -9,7 +9,10 @@ the indexed row: 8, 16, 32 or 64 bytes, rows 64-byte aligned) over tables of sev
 rows (no chains of equal rows) and runs of 3 equal rows (the passes' typical run length), on
 one thread; then the passes themselves on one thread (3072 x 3072 uint16 frame, 1000 bins,
 as ``bench/azint.py``), per update. A pass at or below the bare loop's cost per update is
-bound by its updates, not by its arithmetic or its memory reads. Never asserts.
+bound by its updates, not by its arithmetic or its memory reads. Beside the uint16 split pass
+it times that pass's arithmetic alone: the same loads, sums and transposes, each pixel's row
+added to one of eight rows in L1 instead of to its bin's row; the difference is what the
+scattered updates add. Never asserts.
 
     python bench/row_updates.py [--repeats N]
 """
@@ -29,6 +32,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from asapo_hpc.workers.azint.kernels.constants import WEIGHT_ONE
+from asapo_hpc.workers.azint.kernels.intrinsics import _load4, _pixel_rows, prefetch_nta
 
 try:  # python -m bench.row_updates
     from bench.azint import median_time
@@ -70,7 +76,58 @@ def _row_add(width: int):
     return loop
 
 
-def _aligned_zeros(n: int) -> np.ndarray:
+@intrinsic
+def _split_rows4_local(typingctx, acc, raw, u, bins, p):
+    """:func:`~asapo_hpc.workers.azint.kernels.intrinsics.split_add4_u16` without its row
+    updates: the same four loads, sums and transpose, the four rows (the bins added to the
+    first, so they are read as in the pass) added to row ``(p / 4) % 8`` of ``acc`` (32
+    uint64): eight rows, so the adds do not form one store-to-load chain."""
+    sig = types.void(acc, raw, u, bins, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        i16, i64 = ir.IntType(16), ir.IntType(64)
+        v4 = ir.VectorType(i64, 4)
+
+        def data(k):
+            return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+        def splat(c):
+            return ir.Constant(v4, [ir.Constant(i64, c)] * 4)
+
+        r, w, b = (_load4(builder, data(k), args[4], i16, i64) for k in (1, 2, 3))
+        rv = builder.select(builder.icmp_unsigned(">", r, splat(1)), r, splat(1))
+        v = builder.sub(splat(WEIGHT_ONE), w)
+        rows = _pixel_rows(builder, builder.add(r, b), builder.mul(w, r),
+                           builder.mul(builder.mul(w, w), rv), builder.mul(builder.mul(v, v), rv))
+        row = builder.and_(builder.lshr(args[4], ir.Constant(i64, 2)), ir.Constant(i64, 7))
+        dst = builder.gep(builder.bitcast(data(0), v4.as_pointer()), [row], inbounds=True)
+        total = builder.load(dst, align=8)
+        for k in range(4):
+            total = builder.add(total, rows[k])
+        builder.store(total, dst, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit
+def _split_arithmetic(raw, u, bins):
+    """The uint16 split pass's per-pixel work without its row updates (one thread,
+    blocks of 32 pixels prefetched 1024 ahead, as the pass)."""
+    acc = _aligned_zeros(32)
+    stop = raw.size // 32 * 32
+    for q in range(0, stop, 32):
+        ahead = min(q + 1024, raw.size - 1)
+        prefetch_nta(raw, ahead)
+        prefetch_nta(u, ahead)
+        prefetch_nta(bins, ahead)
+        for i in range(0, 32, 4):
+            _split_rows4_local(acc, raw, u, bins, np.uint64(q + i))
+    return acc
+
+
+@njit
+def _aligned_zeros(n):
     """n uint64 zeros starting on a 64-byte boundary, as the passes' histograms: a row
     across two cache lines would measure the split, not the update."""
     buf = np.zeros(n + 8, np.uint64)
@@ -121,6 +178,8 @@ def passes_per_update(repeats: int) -> list[dict]:
     table = ai._corrections[("bbox", "csr")][1].table
     runs["bbox, uint16 (32 B, 1 per px)"] = (
         lambda: kernels.split_pass_u16(raw, *table, npt, 1), raw.size + table[2].size)
+    runs["bbox, uint16, arithmetic alone (no update)"] = (
+        lambda: _split_arithmetic(raw, table[1], table[0]), raw.size)
     numba.set_num_threads(1)
     try:
         for name, (fn, updates) in runs.items():
@@ -147,7 +206,7 @@ def main() -> None:
               f"{b['ns']:10.3f}")
     print("passes, one thread (3072 x 3072 uint16, 1000 bins):")
     for p in passes:
-        print(f"  {p['pass_']:<38} {p['ms']:6.2f} ms  {p['ns']:.3f} ns per update, "
+        print(f"  {p['pass_']:<44} {p['ms']:6.2f} ms  {p['ns']:.3f} ns per update, "
               f"{p['ns_per_pixel']:.3f} ns per pixel")
     out = Path(__file__).parent / "results" / "row_updates.json"
     out.write_text(json.dumps(dict(repeats=args.repeats, started_unix=started,
