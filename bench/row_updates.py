@@ -33,8 +33,12 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from asapo_hpc.workers.azint.kernels.constants import WEIGHT_ONE
-from asapo_hpc.workers.azint.kernels.intrinsics import _load4, _pixel_rows, prefetch_nta
+from asapo_hpc.workers.azint.kernels.intrinsics import (
+    _load4,
+    _pixel_rows,
+    prefetch_nta,
+    split_sums4_u16,
+)
 
 try:  # python -m bench.row_updates
     from bench.azint import median_time
@@ -79,8 +83,8 @@ def _row_add(width: int):
 @intrinsic
 def _split_rows4_local(typingctx, acc, raw, u, bins, p):
     """:func:`~asapo_hpc.workers.azint.kernels.intrinsics.split_add4_u16` without its row
-    updates: the same four loads, sums and transpose, the four rows (the bins added to the
-    first, so they are read as in the pass) added to row ``(p / 4) % 8`` of ``acc`` (32
+    updates: the same four loads, sums and transpose, the four rows (and the bins, so they
+    are read as in the pass) added to row ``(p / 4) % 8`` of ``acc`` (32
     uint64): eight rows, so the adds do not form one store-to-load chain."""
     sig = types.void(acc, raw, u, bins, types.uint64)
 
@@ -91,17 +95,11 @@ def _split_rows4_local(typingctx, acc, raw, u, bins, p):
         def data(k):
             return context.make_array(signature.args[k])(context, builder, args[k]).data
 
-        def splat(c):
-            return ir.Constant(v4, [ir.Constant(i64, c)] * 4)
-
         r, w, b = (_load4(builder, data(k), args[4], i16, i64) for k in (1, 2, 3))
-        rv = builder.select(builder.icmp_unsigned(">", r, splat(1)), r, splat(1))
-        v = builder.sub(splat(WEIGHT_ONE), w)
-        rows = _pixel_rows(builder, builder.add(r, b), builder.mul(w, r),
-                           builder.mul(builder.mul(w, w), rv), builder.mul(builder.mul(v, v), rv))
+        rows = _pixel_rows(builder, *split_sums4_u16(builder, r, w))
         row = builder.and_(builder.lshr(args[4], ir.Constant(i64, 2)), ir.Constant(i64, 7))
         dst = builder.gep(builder.bitcast(data(0), v4.as_pointer()), [row], inbounds=True)
-        total = builder.load(dst, align=8)
+        total = builder.add(builder.load(dst, align=8), b)
         for k in range(4):
             total = builder.add(total, rows[k])
         builder.store(total, dst, align=8)

@@ -156,6 +156,22 @@ def _load4(builder, data, p, elem, wide):
     return vec if wide is None else builder.zext(vec, ir.VectorType(wide, 4))
 
 
+def split_sums4_u16(builder, r, w):
+    """The four integer sums of four pixels, one 4 x uint64 vector per quantity: r,
+    u·r, u²·rv, (WEIGHT_ONE - u)²·rv with rv = max(r, 1) (``r``, ``w``: the pixels' values
+    and weights, zero-extended). As :func:`_split_sums_u16`, mod 2^64."""
+    v4 = r.type
+    i64 = v4.element
+
+    def splat(c):
+        return ir.Constant(v4, [ir.Constant(i64, c)] * 4)
+
+    rv = builder.select(builder.icmp_unsigned(">", r, splat(1)), r, splat(1))
+    v = builder.sub(splat(WEIGHT_ONE), w)
+    return (r, builder.mul(w, r), builder.mul(builder.mul(w, w), rv),
+            builder.mul(builder.mul(v, v), rv))
+
+
 def _is_table(arr) -> bool:
     return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint16
 
@@ -181,21 +197,12 @@ def split_add4_u16(typingctx, flat, raw, u, bins, p, lane_rows):
 
     def codegen(context, builder, signature, args):
         i16, i64 = ir.IntType(16), ir.IntType(64)
-        v4 = ir.VectorType(i64, 4)
 
         def data(k):
             return context.make_array(signature.args[k])(context, builder, args[k]).data
 
-        def splat(c):
-            return ir.Constant(v4, [ir.Constant(i64, c)] * 4)
-
         r, w = (_load4(builder, data(k), args[4], i16, i64) for k in (1, 2))
-        rv = builder.select(builder.icmp_unsigned(">", r, splat(1)), r, splat(1))
-        wr = builder.mul(w, r)
-        wwrv = builder.mul(builder.mul(w, w), rv)
-        v = builder.sub(splat(WEIGHT_ONE), w)
-        vvrv = builder.mul(builder.mul(v, v), rv)
-        rows = _pixel_rows(builder, r, wr, wwrv, vvrv)
+        rows = _pixel_rows(builder, *split_sums4_u16(builder, r, w))
         _add_pixel_rows(builder, data(0), rows, data(3), args[4], args[5], builder.add)
         return context.get_dummy_value()
 
