@@ -15,7 +15,10 @@ runs; split modes a bin index, a uint16 fixed-point weight and the short list of
 pixels) / the machine's streaming-read rate, measured in the same run, the higher of numpy's
 one-thread sum and a Numba sum on every thread. "% floor" is floor / end-to-end time,
 "kern %" floor / the faster kernel-alone time, "% 1t fl" "% floor" against numpy's
-one-thread read rate (the definition used before), "% CSR fl" the same as "% floor" with
+one-thread read rate (the streaming-read ceiling ../shared/BASELINES.md documents for these
+machines, 26-30 GB/s, and its floor definition; the Numba sum on two threads reads at 31-62
+GB/s here, depending on the minute, while the passes, bound by their arithmetic and their
+histogram updates (bench/row_updates.py), take the same time), "% CSR fl" the same as "% floor" with
 the bytes of the CSR matrix (reference only: that is more bytes than the pass needs).
 Prints a table and writes bench/results/azint.json; never asserts.
 
