@@ -33,12 +33,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from asapo_hpc.workers.azint.kernels.intrinsics import (
-    _load4,
-    _pixel_rows,
-    prefetch_nta,
-    split_sums4_u16,
-)
+from asapo_hpc.workers.azint.kernels.constants import PREFETCH_BLOCK
+from asapo_hpc.workers.azint.kernels.intrinsics import _load4, _pixel_rows, split_sums4_u16
+from asapo_hpc.workers.azint.kernels.split import _prefetch_table
 
 try:  # python -m bench.row_updates
     from bench.azint import median_time
@@ -84,8 +81,8 @@ def _row_add(width: int):
 def _split_rows4_local(typingctx, acc, raw, u, bins, p):
     """:func:`~asapo_hpc.workers.azint.kernels.intrinsics.split_add4_u16` without its row
     updates: the same four loads, sums and transpose, the four rows (and the bins, so they
-    are read as in the pass) added to row ``(p / 4) % 8`` of ``acc`` (32
-    uint64): eight rows, so the adds do not form one store-to-load chain."""
+    are read as in the pass) added to row ``(p / 4) % 8`` of ``acc`` (32 uint64): eight
+    rows, so the adds do not form one store-to-load chain."""
     sig = types.void(acc, raw, u, bins, types.uint64)
 
     def codegen(context, builder, signature, args):
@@ -110,16 +107,13 @@ def _split_rows4_local(typingctx, acc, raw, u, bins, p):
 
 @njit
 def _split_arithmetic(raw, u, bins):
-    """The uint16 split pass's per-pixel work without its row updates (one thread,
-    blocks of 32 pixels prefetched 1024 ahead, as the pass)."""
+    """The uint16 split pass's per-pixel work without its row updates (one thread, blocks
+    of PREFETCH_BLOCK pixels with the pass's own prefetch)."""
     acc = _aligned_zeros(32)
-    stop = raw.size // 32 * 32
-    for q in range(0, stop, 32):
-        ahead = min(q + 1024, raw.size - 1)
-        prefetch_nta(raw, ahead)
-        prefetch_nta(u, ahead)
-        prefetch_nta(bins, ahead)
-        for i in range(0, 32, 4):
+    stop = raw.size // PREFETCH_BLOCK * PREFETCH_BLOCK
+    for q in range(0, stop, PREFETCH_BLOCK):
+        _prefetch_table(raw, bins, u, q)
+        for i in range(0, PREFETCH_BLOCK, 4):
             _split_rows4_local(acc, raw, u, bins, np.uint64(q + i))
     return acc
 
